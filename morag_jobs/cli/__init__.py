@@ -1,0 +1,47 @@
+"""The ``morag-jobs`` command: a thin shell over the library (no business rules here).
+
+Exit codes scripts can rely on: 0 success, 1 a failure the command reports (unknown
+job, unreachable database, a job that failed), 2 bad arguments or unreadable input.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from morag_jobs import __version__
+from morag_jobs.cli import parse
+
+app = typer.Typer(
+    name="morag-jobs",
+    help="Real job progress for Celery workers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("parse")(parse.parse)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True,
+            callback=_print_version,
+        ),
+    ] = False,
+) -> None:
+    """Real job progress for Celery workers."""
+
+
+def main() -> None:
+    """Console-script entry point (``morag-jobs`` and ``python -m morag_jobs``)."""
+    app(prog_name="morag-jobs")

@@ -1,0 +1,96 @@
+"""``ProgressEvent``: the one currency between progress sources and the handler."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from morag_jobs.errors import InvalidProgress
+
+__all__ = ["ProgressEvent", "check_percent", "utc_now"]
+
+
+def utc_now() -> datetime:
+    """Arrival time: every event carries an aware UTC timestamp."""
+    return datetime.now(UTC)
+
+
+def check_percent(value: float) -> float:
+    """Return ``value`` as a float, or raise ``InvalidProgress`` for NaN, infinity or < 0.
+
+    Values above 100 pass: the handler clamps them and warns, so that a source that
+    overshoots still moves its job to the end.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidProgress(value, "a percentage must be a number") from None
+    if not math.isfinite(number):
+        raise InvalidProgress(value, "a percentage must be finite (not NaN or infinity)")
+    if number < 0:
+        raise InvalidProgress(value, "a percentage cannot be negative")
+    return number
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressEvent:
+    """One observation of progress, from a log line, a callback or a remote worker.
+
+    ``percent`` is on the scale of whatever reported it: relative to ``stage`` when a
+    stage is named, otherwise relative to the job's current stage or the whole job.
+    When only ``current``/``total`` are known, ``percent`` is derived from them.
+    """
+
+    percent: float | None = None
+    current: int | None = None
+    total: int | None = None
+    message: str = ""
+    stage: str | None = None
+    timestamp: datetime = field(default_factory=utc_now)
+    logger: str | None = None
+    level: str | None = None
+    task_id: str | None = None
+    worker_id: str | None = None
+    process: str | None = None
+    job_id: str | None = None
+    format: str | None = None
+    raw: str | None = None
+    sequence: int | None = None
+    source: str = "log"
+
+    def __post_init__(self) -> None:
+        percent = self.percent
+        if percent is None:
+            if self.current is not None and self.total:
+                object.__setattr__(self, "percent", self.current / self.total * 100.0)
+        elif percent.__class__ is not float or math.isnan(percent) or percent < 0:
+            object.__setattr__(self, "percent", check_percent(percent))
+        elif percent == math.inf:
+            check_percent(percent)
+        if self.timestamp.tzinfo is None:
+            object.__setattr__(self, "timestamp", self.timestamp.replace(tzinfo=UTC))
+
+    # The names of the original MoRAG parser, kept so its callers keep working.
+    @property
+    def percentage(self) -> float | None:
+        return self.percent
+
+    @property
+    def logger_name(self) -> str | None:
+        return self.logger
+
+    @property
+    def raw_event(self) -> str | None:
+        return self.raw
+
+    @property
+    def description(self) -> str:
+        return self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: the timestamp as ISO 8601, everything else as is."""
+        data = asdict(self)
+        data["timestamp"] = self.timestamp.isoformat()
+        return data

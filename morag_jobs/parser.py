@@ -1,0 +1,458 @@
+"""``ProgressEventParser``: log lines in, ``ProgressEvent`` out.
+
+The formats are data (see :mod:`morag_jobs.packs`); this module is the engine that
+applies them. It is on the hot path of every log line a worker writes, so it is
+built around one observation: almost no line is progress. Each pattern names a
+cheap *prefilter* that every line it matches contains; a line with none of them is
+dismissed after a few substring tests, and :meth:`ProgressEventParser.parse_chunk`
+goes further and scans a whole block for the prefilters at C speed, so the lines
+without any never reach Python code at all.
+
+The parser never raises on its input: lines it cannot use are counted in
+:attr:`ProgressEventParser.stats`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from morag_jobs import settings
+from morag_jobs.events import ProgressEvent, utc_now
+from morag_jobs.packs import (
+    JsonRules,
+    Pattern,
+    PatternSet,
+    Prefilter,
+    builtin_pack_dir,
+    compile_regex,
+    load_packs,
+)
+
+__all__ = ["ParserStats", "ProgressEventParser"]
+
+log = structlog.get_logger(__name__)
+
+_ANSI = re.compile(r"\x1b(?:\[[0-9;?]*+[ -/]*+[@-~]|[@-Z\\-_])")
+_NUMBER_TYPES = (int, float)
+
+
+@dataclass(slots=True)
+class ParserStats:
+    """What the parser has seen; every line lands in exactly one of the four counters."""
+
+    lines: int = 0
+    events: int = 0
+    no_match: int = 0
+    rejected: int = 0
+    malformed: int = 0
+
+    @property
+    def skipped(self) -> int:
+        """Lines that gave no event, for whatever reason."""
+        return self.lines - self.events
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "lines": self.lines,
+            "events": self.events,
+            "skipped": self.skipped,
+            "no_match": self.no_match,
+            "rejected": self.rejected,
+            "malformed": self.malformed,
+        }
+
+
+class _Rejected(Exception):
+    """A line that looks like progress but breaks a rule (e.g. 150%); counted, not raised."""
+
+
+class ProgressEventParser:
+    """Turns log lines (JSON or plain text, in any loaded format) into progress events.
+
+    ``pattern_dirs`` adds directories of ``*.toml`` packs after the built-in ones and
+    those named by ``MORAG_PATTERN_DIRS``; ``pattern_files`` adds single packs last.
+    A pattern with the name of an earlier one replaces it.
+    """
+
+    def __init__(
+        self,
+        pattern_dirs: Iterable[str | Path] = (),
+        *,
+        pattern_files: Iterable[str | Path] = (),
+        include_builtin: bool = True,
+        use_environment: bool = True,
+    ) -> None:
+        directories = [builtin_pack_dir()] if include_builtin else []
+        if use_environment:
+            directories.extend(settings.pattern_dirs())
+        directories.extend(Path(d) for d in pattern_dirs)
+        self.patterns: PatternSet = load_packs(directories, [Path(f) for f in pattern_files])
+        self.stats = ParserStats()
+        self._prefixes = tuple(prefix.regex for prefix in self.patterns.prefixes)
+        self._rules = self.patterns.json
+        self._table = tuple(
+            (
+                p.prefilter.literal if p.prefilter else None,
+                p.prefilter.scanner if p.prefilter and p.prefilter.literal is None else None,
+                p.regex,
+                p,
+            )
+            for p in self.patterns.patterns
+        )
+        triggers = _minimal_triggers(
+            [p.trigger for p in self.patterns.patterns if p.trigger]
+            + [self._rules.trigger(), Prefilter.build("\x1b")]
+        )
+        self._literals = tuple(t.literal for t in triggers if t.literal is not None)
+        self._scanners = tuple(t.scanner for t in triggers if t.literal is None)
+        self._chunk_scanners = tuple(
+            compile_regex(f"(?:{t.scanner.pattern})[^\n]*+") for t in triggers
+        )
+        # A pattern without a prefilter could match any line, so nothing may be skipped.
+        self._scan_everything = any(p.trigger is None for p in self.patterns.patterns)
+        if self._scan_everything:
+            log.warning("pattern without prefilter: every line will be fully parsed")
+
+    # -- the one entry point -------------------------------------------------------------
+
+    def parse_line(self, line: str | bytes) -> ProgressEvent | None:
+        """The progress event in ``line``, or None. Never raises; see :attr:`stats`."""
+        stats = self.stats
+        stats.lines += 1
+        if line.__class__ is not str:
+            line = _decode(line)
+        if not self._scan_everything and not self._triggered(line):  # type: ignore[arg-type]
+            stats.no_match += 1
+            return None
+        return self._parse_counted(line, None)  # type: ignore[arg-type]
+
+    def parse_chunk(self, text: str | bytes) -> list[ProgressEvent]:
+        """Every event in a block of complete lines, in line order.
+
+        Much faster than calling :meth:`parse_line` per line: the block is scanned for
+        the patterns' prefilters first and only lines that contain one are parsed. A
+        trailing line without its newline is parsed too; callers that read a growing
+        file keep a partial last line back until its newline arrives.
+        """
+        if text.__class__ is not str:
+            text = _decode(text)
+        assert isinstance(text, str)
+        lines = text.count("\n") + (1 if text and not text.endswith("\n") else 0)
+        self.stats.lines += lines
+        if self._scan_everything:
+            starts: Iterable[int] = _line_starts(text)
+        else:
+            starts = sorted(_candidate_starts(text, self._chunk_scanners))
+        now = utc_now()
+        events: list[ProgressEvent] = []
+        find = text.find
+        parse = self._parse_counted
+        for start in starts:
+            end = find("\n", start)
+            event = parse(text[start:end] if end >= 0 else text[start:], now)
+            if event is not None:
+                events.append(event)
+        self.stats.no_match += lines - len(starts) if not self._scan_everything else 0
+        return events
+
+    # -- the seed's API ------------------------------------------------------------------
+
+    def parse_json_log(self, line: str | bytes) -> ProgressEvent | None:
+        """The event in a JSON log line; None for anything that is not a JSON object."""
+        self.stats.lines += 1
+        return self._parse_counted(_decode(line), None, _JSON_ONLY)
+
+    def parse_plain_text_log(self, line: str | bytes) -> ProgressEvent | None:
+        """The event in a plain-text line (prefix and patterns, no JSON)."""
+        self.stats.lines += 1
+        return self._parse_counted(_decode(line), None, _TEXT_ONLY)
+
+    def parse_log_stream(self, lines: Iterable[str | bytes]) -> list[ProgressEvent]:
+        """Every event in ``lines``, in order."""
+        parse = self.parse_line
+        return [event for event in map(parse, lines) if event is not None]
+
+    def get_latest_progress(
+        self, lines: Iterable[str | bytes | ProgressEvent]
+    ) -> ProgressEvent | None:
+        """The event with the latest timestamp (the later line wins a tie).
+
+        Timestamps are compared as aware UTC: a line whose time has no zone is read as
+        UTC, so naive and aware timestamps never meet in a comparison.
+        """
+        latest: ProgressEvent | None = None
+        for item in lines:
+            event = item if isinstance(item, ProgressEvent) else self.parse_line(item)
+            if event is not None and (latest is None or event.timestamp >= latest.timestamp):
+                latest = event
+        return latest
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _triggered(self, line: str) -> bool:
+        for literal in self._literals:
+            if literal in line:
+                return True
+        return any(scanner.search(line) for scanner in self._scanners)
+
+    def _parse_counted(
+        self, line: str, now: datetime | None, only: str | None = None
+    ) -> ProgressEvent | None:
+        stats = self.stats
+        try:
+            event = self._parse_text(line, now, only)
+        except _Rejected:
+            stats.rejected += 1
+            return None
+        except Exception:  # the parser never raises on input; the line is counted instead
+            stats.malformed += 1
+            log.debug("log line could not be parsed", exc_info=True, line=line[:200])
+            return None
+        if event is None:
+            stats.no_match += 1
+        else:
+            stats.events += 1
+        return event
+
+    def _parse_text(
+        self, line: str, now: datetime | None, only: str | None = None
+    ) -> ProgressEvent | None:
+        if "\x1b" in line:
+            line = _ANSI.sub("", line)
+        envelope = None
+        message = line
+        for prefix in self._prefixes:
+            envelope = prefix.match(line)
+            if envelope is not None:
+                message = line[envelope.start("message") :]
+                break
+        is_json = message[:1] == "{" or message.lstrip()[:1] == "{"
+        if only is _JSON_ONLY and not is_json:
+            return None
+        if is_json and only is not _TEXT_ONLY:
+            fields = envelope.groupdict() if envelope is not None else {}
+            return self._parse_json(message.strip(), fields, line, now)
+        segments = message.split("\r") if "\r" in message else (message,)
+        for segment in reversed(segments):
+            found = self._match(segment)
+            if found is not None:
+                return _event(found, envelope.groupdict() if envelope else _NO_FIELDS, line, now)
+        return None
+
+    def _match(self, text: str) -> tuple[str, dict[str, Any]] | None:
+        """The first pattern (by priority) that matches: its name and checked values."""
+        for literal, scanner, pattern_regex, pattern in self._table:
+            if literal is not None:
+                if literal not in text:
+                    continue
+            elif scanner is not None and scanner.search(text) is None:
+                continue
+            match = pattern_regex.search(text)
+            if match is not None:
+                return pattern.name, _values(pattern, match.groupdict(), text)
+        return None
+
+    def _parse_json(
+        self, text: str, fields: dict[str, Any], raw: str, now: datetime | None
+    ) -> ProgressEvent | None:
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError):
+            # Not JSON after all ("{x} 50%"): the text patterns may still know it.
+            found = self._match(text.rsplit("\r", maxsplit=1)[-1])
+            return _event(found, fields, raw, now) if found is not None else None
+        if not isinstance(data, dict):
+            return None
+        rules = self._rules
+        merged = dict(fields)
+        for key in _JSON_IDENTITY:
+            value = _first(data, getattr(rules, key))
+            if value is not None:
+                merged[key] = value if key == "timestamp" else str(value)
+        values = _json_progress(data, rules)
+        message = _first(data, rules.message)
+        message = message if isinstance(message, str) else ""
+        if values is None:
+            found = self._match(message.split("\r")[-1]) if message else None
+            if found is None:
+                return None
+            found = (f"json+{found[0]}", found[1])
+        else:
+            found = ("json", values)
+        return _event(found, merged, raw, now)
+
+
+_NO_FIELDS: dict[str, Any] = {}
+_JSON_ONLY = "json"
+_TEXT_ONLY = "text"
+_JSON_IDENTITY = ("timestamp", "level", "logger", "task_id", "job_id", "worker_id")
+
+
+def _decode(data: Any) -> str:
+    if data.__class__ is str:
+        return data  # type: ignore[no-any-return]
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data).decode("utf-8", "replace")
+    return str(data)
+
+
+def _line_starts(text: str) -> list[int]:
+    starts = [0]
+    find = text.find
+    position = find("\n")
+    while position >= 0:
+        if position + 1 < len(text):
+            starts.append(position + 1)
+        position = find("\n", position + 1)
+    return starts if text else []
+
+
+def _candidate_starts(text: str, scanners: Sequence[Any]) -> set[int]:
+    """Start offsets of the lines that contain any prefilter.
+
+    Each scanner consumes the rest of the line after a hit, so it reports a line once.
+    """
+    starts: set[int] = set()
+    add = starts.add
+    rfind = text.rfind
+    for scanner in scanners:
+        for match in scanner.finditer(text):
+            add(rfind("\n", 0, match.start()) + 1)
+    return starts
+
+
+def _minimal_triggers(prefilters: Iterable[Prefilter]) -> list[Prefilter]:
+    """The prefilters worth scanning for: a literal that contains another is redundant."""
+    unique = {p.source: p for p in prefilters}.values()
+    literals = [p.literal for p in unique if p.literal is not None]
+    return [
+        p
+        for p in unique
+        if p.literal is None or not any(o != p.literal and o in p.literal for o in literals)
+    ]
+
+
+def _first(data: Mapping[str, Any], names: Sequence[str]) -> Any:
+    for name in names:
+        value = data.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+def _number(value: Any, name: str) -> float:
+    if value.__class__ not in _NUMBER_TYPES:
+        if isinstance(value, str):
+            try:
+                value = float(value.rstrip("% "))
+            except ValueError:
+                raise _Rejected(name) from None
+        else:
+            raise _Rejected(name)
+    return float(value)
+
+
+def _json_progress(data: Mapping[str, Any], rules: JsonRules) -> dict[str, Any] | None:
+    """Progress carried by the fields themselves, or None when the fields carry none."""
+    values: dict[str, Any] = {}
+    percent = _first(data, rules.percent)
+    if percent is not None:
+        values["percent"] = _number(percent, "percent")
+    else:
+        progress = _first(data, rules.fraction_or_percent)
+        if progress is not None:
+            number = _number(progress, "progress")
+            values["percent"] = number * 100.0 if number <= 1.0 else number
+    current = _first(data, rules.current)
+    total = _first(data, rules.total)
+    if current is not None:
+        values["current"] = int(_number(current, "current"))
+        if total is not None:
+            values["total"] = int(_number(total, "total"))
+    stage = _first(data, rules.stage)
+    if isinstance(stage, str) and stage:
+        values["stage"] = stage
+    if "percent" not in values and "current" not in values:
+        return None
+    message = _first(data, rules.message)
+    values["message"] = message if isinstance(message, str) else ""
+    return _checked(values)
+
+
+def _values(pattern: Pattern, groups: dict[str, Any], text: str) -> dict[str, Any]:
+    """A pattern's named groups as typed values; no ``message`` group means the whole text."""
+    get = groups.get
+    percent = get("percent")
+    current = get("current")
+    total = get("total")
+    message = get("message") if "message" in groups else text
+    values = {
+        "percent": None if percent is None else float(percent),
+        "current": None if current is None else int(current),
+        "total": None if total is None or current is None else int(total),
+        "message": message.strip() if message else "",
+        "stage": get("stage") or pattern.stage,
+    }
+    return _checked(values)
+
+
+def _checked(values: dict[str, Any]) -> dict[str, Any]:
+    """Apply the rules of what counts as progress; raise _Rejected for what does not."""
+    percent = values.get("percent")
+    current = values.get("current")
+    total = values.get("total")
+    if total is not None and (total <= 0 or current is None or current > total or current < 0):
+        raise _Rejected("current/total")
+    if percent is None:
+        if current is not None and current < 0:
+            raise _Rejected("current")
+        return values
+    if not 0.0 <= percent <= 100.0:  # also false for NaN
+        raise _Rejected("percent")
+    return values
+
+
+def _timestamp(value: Any, now: datetime | None) -> datetime:
+    if value is None:
+        return now or utc_now()
+    if value.__class__ is str:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return now or utc_now()
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    if value.__class__ in _NUMBER_TYPES:
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            return now or utc_now()
+    return now or utc_now()
+
+
+def _event(
+    found: tuple[str, dict[str, Any]], fields: dict[str, Any], raw: str, now: datetime | None
+) -> ProgressEvent:
+    name, values = found
+    if not fields:
+        return ProgressEvent(**values, timestamp=now or utc_now(), format=name, raw=raw)
+    get = fields.get
+    return ProgressEvent(
+        **values,
+        timestamp=_timestamp(get("timestamp"), now),
+        logger=get("logger"),
+        level=get("level"),
+        task_id=get("task_id"),
+        worker_id=get("worker_id"),
+        process=get("process"),
+        job_id=get("job_id"),
+        format=name,
+        raw=raw,
+    )

@@ -1,0 +1,21 @@
+"""Every environment variable morag-jobs reads is read here, and nowhere else."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["DEFAULT_DATABASE_URL", "database_url", "pattern_dirs"]
+
+DEFAULT_DATABASE_URL = "sqlite:///morag_jobs.db"
+
+
+def database_url() -> str:
+    """``MORAG_DATABASE_URL``, else a SQLite file in the working directory."""
+    return os.environ.get("MORAG_DATABASE_URL") or DEFAULT_DATABASE_URL
+
+
+def pattern_dirs() -> list[Path]:
+    """``MORAG_PATTERN_DIRS``: extra pattern-pack directories, separated like ``PATH``."""
+    raw = os.environ.get("MORAG_PATTERN_DIRS", "")
+    return [Path(part) for part in raw.split(os.pathsep) if part.strip()]
