@@ -7,7 +7,9 @@ objects; one ``ProgressHandler`` turns them into the state of a durable job tabl
 from importlib.metadata import PackageNotFoundError, version
 
 from morag_jobs.errors import (
+    ConcurrencyConflict,
     InvalidProgress,
+    JobExists,
     JobNotFound,
     MoragJobsError,
     NoJobContext,
@@ -15,7 +17,10 @@ from morag_jobs.errors import (
     StoreUnavailable,
 )
 from morag_jobs.events import ProgressEvent
+from morag_jobs.handler import ApplyResult, HandlerStats, ProgressHandler
 from morag_jobs.parser import ParserStats, ProgressEventParser
+from morag_jobs.stages import StagePlan, get_stage_plan, register_stage_plan
+from morag_jobs.store import Job, JobEventRecord, JobStatus, JobStore
 
 try:
     __version__ = version("morag-jobs")
@@ -23,14 +28,26 @@ except PackageNotFoundError:  # running from a checkout that was never installed
     __version__ = "0.0.0"
 
 __all__ = [
+    "ApplyResult",
+    "ConcurrencyConflict",
+    "HandlerStats",
     "InvalidProgress",
+    "Job",
+    "JobEventRecord",
+    "JobExists",
     "JobNotFound",
+    "JobStatus",
+    "JobStore",
     "MoragJobsError",
     "NoJobContext",
     "ParserStats",
     "PatternPackError",
     "ProgressEvent",
     "ProgressEventParser",
+    "ProgressHandler",
+    "StagePlan",
     "StoreUnavailable",
     "__version__",
+    "get_stage_plan",
+    "register_stage_plan",
 ]

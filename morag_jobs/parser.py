@@ -175,6 +175,15 @@ class ProgressEventParser:
         self.stats.lines += 1
         return self._parse_counted(_decode(line), None, _TEXT_ONLY)
 
+    def parse_fields(self, data: Mapping[str, Any]) -> ProgressEvent | None:
+        """The event in a structured log call's fields (a structlog ``event_dict``).
+
+        The same ``[json]`` rules as for JSON lines: progress from the fields, else from
+        the message text. Never raises.
+        """
+        self.stats.lines += 1
+        return self._counted(self._parse_mapping, data, {}, "", None)
+
     def parse_log_stream(self, lines: Iterable[str | bytes]) -> list[ProgressEvent]:
         """Every event in ``lines``, in order."""
         parse = self.parse_line
@@ -206,15 +215,19 @@ class ProgressEventParser:
     def _parse_counted(
         self, line: str, now: datetime | None, only: str | None = None
     ) -> ProgressEvent | None:
+        return self._counted(self._parse_text, line, now, only)
+
+    def _counted(self, parse: Any, *args: Any) -> ProgressEvent | None:
+        """Run one parse, counting its outcome; the parser never raises on input."""
         stats = self.stats
         try:
-            event = self._parse_text(line, now, only)
+            event: ProgressEvent | None = parse(*args)
         except _Rejected:
             stats.rejected += 1
             return None
-        except Exception:  # the parser never raises on input; the line is counted instead
+        except Exception:
             stats.malformed += 1
-            log.debug("log line could not be parsed", exc_info=True, line=line[:200])
+            log.debug("input could not be parsed", exc_info=True, input=repr(args[0])[:200])
             return None
         if event is None:
             stats.no_match += 1
@@ -271,6 +284,11 @@ class ProgressEventParser:
             return _event(found, fields, raw, now) if found is not None else None
         if not isinstance(data, dict):
             return None
+        return self._parse_mapping(data, fields, raw, now)
+
+    def _parse_mapping(
+        self, data: Mapping[str, Any], fields: dict[str, Any], raw: str, now: datetime | None
+    ) -> ProgressEvent | None:
         rules = self._rules
         merged = dict(fields)
         for key in _JSON_IDENTITY:

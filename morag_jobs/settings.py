@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["DEFAULT_DATABASE_URL", "database_url", "pattern_dirs"]
+__all__ = ["DEFAULT_DATABASE_URL", "database_url", "log_level", "pattern_dirs", "webhook_secret"]
 
 DEFAULT_DATABASE_URL = "sqlite:///morag_jobs.db"
 
@@ -19,3 +19,13 @@ def pattern_dirs() -> list[Path]:
     """``MORAG_PATTERN_DIRS``: extra pattern-pack directories, separated like ``PATH``."""
     raw = os.environ.get("MORAG_PATTERN_DIRS", "")
     return [Path(part) for part in raw.split(os.pathsep) if part.strip()]
+
+
+def log_level() -> str:
+    """``MORAG_LOG_LEVEL``: the lowest level the morag-jobs programs log (default WARNING)."""
+    return os.environ.get("MORAG_LOG_LEVEL") or "WARNING"
+
+
+def webhook_secret() -> str | None:
+    """``MORAG_WEBHOOK_SECRET``: the ``whsec_<base64>`` key webhooks are signed with."""
+    return os.environ.get("MORAG_WEBHOOK_SECRET") or None

@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 
 from morag_jobs import __version__
-from morag_jobs.cli import parse
+from morag_jobs.cli import db, parse
+from morag_jobs.logs import configure_logging
 
 app = typer.Typer(
     name="morag-jobs",
@@ -21,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("parse")(parse.parse)
+app.add_typer(db.app, name="db")
 
 
 def _print_version(value: bool) -> None:
@@ -40,6 +42,7 @@ def _root(
     ] = False,
 ) -> None:
     """Real job progress for Celery workers."""
+    configure_logging()
 
 
 def main() -> None:

@@ -5,13 +5,32 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, NoReturn
+from typing import Annotated, BinaryIO, NoReturn
 
 import typer
+
+from morag_jobs.errors import StoreUnavailable
+from morag_jobs.store import JobStore
+
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option("--database", "-d", envvar="MORAG_DATABASE_URL",
+                 help="Job database URL (default: MORAG_DATABASE_URL or sqlite:///morag_jobs.db)."),
+]
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 CHUNK_BYTES = 1 << 20
+
+
+def open_store(database: str | None) -> JobStore:
+    """The job store at ``database``, or one clear line and exit 1 when it is unreachable."""
+    try:
+        store = JobStore(database)
+        store.count_jobs()
+    except (StoreUnavailable, ValueError) as error:
+        fail(str(error))
+    return store
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:

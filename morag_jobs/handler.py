@@ -1,0 +1,446 @@
+"""``ProgressHandler``: the one place where progress events become job state.
+
+Every source (log lines, callbacks in tasks, remote workers) hands it a
+``ProgressEvent``; it resolves the job, applies the rules of :mod:`morag_jobs.rules`
+and writes through a :class:`~morag_jobs.writer.CoalescingWriter`. It never raises
+into the code that reported progress: a refused or failed update returns False (or an
+``ApplyResult`` saying why) and is logged.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+import structlog
+
+from morag_jobs import rules
+from morag_jobs.errors import InvalidProgress, JobExists, JobNotFound, StoreUnavailable
+from morag_jobs.events import ProgressEvent, check_percent
+from morag_jobs.parser import ProgressEventParser
+from morag_jobs.store import Job, JobStatus, JobStore, Mutation
+from morag_jobs.writer import RETRYABLE, CoalescingWriter, brief
+
+__all__ = ["ApplyResult", "HandlerStats", "Listener", "ProgressHandler"]
+
+log = structlog.get_logger(__name__)
+
+Listener = Callable[[str, Job], None]
+"""Called with ("updated" | "completed" | "failed" | "cancelled", the job as written)."""
+
+_LISTENER_ATTEMPTS = 3
+_ENDINGS = {
+    "completion": JobStatus.FINISHED,
+    "failure": JobStatus.FAILED,
+    "cancellation": JobStatus.CANCELLED,
+}
+_EVENT_TYPES = {
+    JobStatus.FINISHED: "completed",
+    JobStatus.FAILED: "failed",
+    JobStatus.CANCELLED: "cancelled",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What became of one event: ``accepted`` and, either way, why."""
+
+    accepted: bool
+    reason: str
+    job_id: str | None = None
+    job: Job | None = None
+
+    def __bool__(self) -> bool:
+        return self.accepted
+
+
+@dataclass(slots=True)
+class HandlerStats:
+    """Counters of events by (source, outcome), and of writes; ``outcomes`` sums sources.
+
+    Outcomes: ``queued`` when accepted for a coalesced write, then ``applied``,
+    ``stale``, ``stage_behind`` or ``terminal`` once written; ``rejected`` (invalid),
+    ``no_job``.
+    """
+
+    by_source: Counter[tuple[str, str]] = field(default_factory=Counter)
+    writes: int = 0
+    write_errors: int = 0
+    listener_errors: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, source: str, outcome: str, n: int = 1) -> None:
+        # Callers and the writer thread both count: without the lock a += can be lost.
+        with self._lock:
+            self.by_source[source, outcome] += n
+
+    @property
+    def outcomes(self) -> Counter[str]:
+        totals: Counter[str] = Counter()
+        for (_, outcome), n in self.by_source.items():
+            totals[outcome] += n
+        return totals
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            **dict(self.outcomes),
+            "writes": self.writes,
+            "write_errors": self.write_errors,
+            "listener_errors": self.listener_errors,
+        }
+
+
+class ProgressHandler:
+    """Turns progress events into job state; see ARCHITECTURE.md, "Rules of job state".
+
+    ``interval`` is the write-coalescing window per job (0 writes every event as soon as
+    the writer thread gets to it). With ``auto_create_jobs`` an event for a job id that
+    was named explicitly (argument or event field) creates the job when it does not
+    exist, as the original MoRAG tracker's callers expect; ids that were only guessed
+    (an unmapped worker or task) never create anything.
+    """
+
+    def __init__(
+        self,
+        store: JobStore | None = None,
+        *,
+        database_url: str | None = None,
+        parser: ProgressEventParser | None = None,
+        interval: float = 0.5,
+        auto_create_jobs: bool = True,
+        sync_timeout: float = 30.0,
+        mapping_ttl: float = 2.0,
+    ) -> None:
+        if store is not None and database_url is not None:
+            raise ValueError("pass either store or database_url, not both")
+        self.store = store if store is not None else JobStore(database_url)
+        self.parser = parser if parser is not None else ProgressEventParser()
+        self.auto_create_jobs = auto_create_jobs
+        self.stats = HandlerStats()
+        self._mapping_ttl = mapping_ttl
+        self._mappings: dict[tuple[str, str], tuple[str | None, float]] = {}
+        self._terminal: dict[str, JobStatus] = {}
+        self._listeners: list[Listener] = []
+        self._lock = threading.Lock()
+        self._writer = CoalescingWriter(
+            self.store, interval=interval, on_written=self._written, on_error=self._failed,
+            create_job=self._create_missing, sync_timeout=sync_timeout,
+        )
+
+    # -- the general entry point ---------------------------------------------------------
+
+    def apply(
+        self, event: ProgressEvent, job_id: str | None = None, *, immediate: bool = False
+    ) -> ApplyResult:
+        """Apply one event to its job: queued for the coalesced write, or written now.
+
+        The job is ``job_id``, else the event's ``job_id``, else the job mapped to its
+        ``worker_id``, else the job mapped to its ``task_id``.
+        """
+        explicit = job_id or event.job_id
+        target = explicit or self._mapped(event)
+        if target is None:
+            self.stats.count(event.source, "no_job")
+            log.warning("no job for progress event", worker_id=event.worker_id,
+                        task_id=event.task_id, format=event.format)
+            return ApplyResult(False, "no_job")
+        if event.percent is not None and event.percent > 100.0:
+            log.warning("percentage above 100 clamped to 100", job_id=target,
+                        percent=event.percent)
+            event = replace(event, percent=100.0)
+        if target in self._terminal:
+            self.stats.count(event.source, "terminal")
+            return ApplyResult(False, "terminal", target)
+        create = self.auto_create_jobs and explicit is not None
+        if immediate:
+            return self._apply_now(target, event, create)
+        self._writer.submit(target, event, create=create)
+        self.stats.count(event.source, "queued")
+        return ApplyResult(True, "queued", target)
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Write what is coalesced now, in the caller; the number of jobs written."""
+        return self._writer.flush(timeout)
+
+    def close(self) -> None:
+        """Flush and stop the writer thread (also done at a clean interpreter exit)."""
+        self._writer.close()
+
+    # -- listeners -----------------------------------------------------------------------
+
+    def add_listener(self, callback: Listener) -> None:
+        """Call ``callback(event_type, job)`` after every write; failures are isolated."""
+        with self._lock:
+            self._listeners = [*self._listeners, callback]
+
+    def remove_listener(self, callback: Listener) -> None:
+        with self._lock:
+            self._listeners = [c for c in self._listeners if c != callback]
+
+    # -- the seed's API ------------------------------------------------------------------
+
+    def register_job_mapping(self, worker_id: str, job_id: str) -> None:
+        """Progress from ``worker_id`` goes to ``job_id`` (persisted: every process sees it)."""
+        self._ensure_job(job_id)
+        self.store.set_mapping("worker", worker_id, job_id)
+        self._mappings["worker", worker_id] = (job_id, time.monotonic())
+
+    def unregister_job_mapping(self, worker_id: str) -> bool:
+        self._mappings.pop(("worker", worker_id), None)
+        return self.store.delete_mapping("worker", worker_id)
+
+    def get_job_id_for_worker(self, worker_id: str) -> str | None:
+        return self._lookup("worker", worker_id)
+
+    def get_job_id_for_task(self, task_id: str) -> str | None:
+        return self._lookup("task", task_id)
+
+    def register_task_mapping(self, task_id: str, job_id: str) -> None:
+        """Progress from Celery task ``task_id`` goes to ``job_id``."""
+        self._ensure_job(job_id)
+        self.store.set_mapping("task", task_id, job_id)
+        self._mappings["task", task_id] = (job_id, time.monotonic())
+
+    def process_log_line(
+        self, line: str | bytes, job_id: str | None = None, worker_id: str | None = None
+    ) -> bool:
+        """Parse one log line and apply its progress; False when it has none or is refused."""
+        event = self.parser.parse_line(line)
+        if event is None:
+            return False
+        return self._apply_logged(event, job_id, worker_id).accepted
+
+    def process_log_lines(
+        self, lines: Iterable[str | bytes] | str, job_id: str | None = None,
+        worker_id: str | None = None,
+    ) -> int:
+        """Parse many lines (fast chunk path) and apply them; the number accepted."""
+        text = lines if isinstance(lines, str) else "\n".join(
+            (line.decode("utf-8", "replace") if isinstance(line, bytes) else line).rstrip("\n")
+            for line in lines
+        )
+        return sum(
+            self._apply_logged(event, job_id, worker_id).accepted
+            for event in self.parser.parse_chunk(text)
+        )
+
+    def process_remote_worker_progress(
+        self, worker_id: str, percentage: float, message: str | None = None
+    ) -> bool:
+        """Progress reported by a remote worker, for the job mapped to it."""
+        job_id = self.get_job_id_for_worker(worker_id)
+        if job_id is None:
+            self.stats.count("remote", "no_job")
+            log.warning("no job mapped to remote worker", worker_id=worker_id)
+            return False
+        event = self._event(percentage, message, source="remote", worker_id=worker_id)
+        return event is not None and self.apply(event, job_id).accepted
+
+    def process_celery_task_progress(
+        self, task_id: str, percentage: float, message: str | None = None,
+        user_id: str | None = None,
+    ) -> bool:
+        """Progress of a Celery task: its mapped job, else the job whose id is the task id."""
+        job_id = self._lookup("task", task_id)
+        if job_id is None:
+            job_id = task_id
+            if self.auto_create_jobs and user_id is not None:
+                self._ensure_job(job_id, user_id=user_id)
+        event = self._event(percentage, message, source="callback", task_id=task_id)
+        return event is not None and self.apply(event, job_id).accepted
+
+    def handle_job_completion(
+        self, job_id: str, success: bool, final_message: str | None = None
+    ) -> bool:
+        """End the job: FINISHED at 100%, or FAILED keeping its percentage. Written now."""
+        return self._finish(job_id, lambda job: rules.completion(job, success, final_message),
+                            "completion" if success else "failure")
+
+    def handle_job_error(self, job_id: str, error_message: str) -> bool:
+        """The job failed with ``error_message``; its percentage is kept."""
+        return self.handle_job_completion(job_id, False, error_message)
+
+    def handle_job_cancellation(self, job_id: str, reason: str | None = None) -> bool:
+        """The job was cancelled (revoked); its percentage is kept."""
+        return self._finish(job_id, lambda job: rules.cancellation(job, reason), "cancellation")
+
+    def handle_job_retry(self, job_id: str, message: str, *, reset: bool = False) -> bool:
+        """Note a retry; ``reset=True`` is the one way the percentage may go down."""
+        return self._finish(job_id, lambda job: rules.retry(job, message, reset=reset), "retry")
+
+    def handle_job_start(
+        self, job_id: str, *, worker: str | None = None, redelivery_ok: bool = False
+    ) -> bool:
+        """A worker started the job: PROCESSING now. False when the job does not exist."""
+        return self._finish(
+            job_id, lambda job: rules.start(job, worker, redelivery_ok=redelivery_ok), "start",
+            quiet_missing=True,
+        )
+
+    def heartbeat(self, job_ids: Iterable[str]) -> int:
+        """Refresh the heartbeat of running jobs (for the reaper); the number refreshed."""
+        refreshed = 0
+        for job_id in job_ids:
+            try:
+                refreshed += self.store.update_job(job_id, rules.heartbeat) is not None
+            except (*RETRYABLE, JobNotFound) as error:
+                log.debug("heartbeat not written", job_id=job_id, error=brief(error))
+        return refreshed
+
+    def sync_job_with_logs(self, job_id: str, lines: Iterable[str | bytes]) -> bool:
+        """Apply the latest progress found in ``lines`` to the job, now."""
+        latest = self.parser.get_latest_progress(lines)
+        if latest is None:
+            return False
+        return self.apply(latest, job_id, immediate=True).accepted
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _apply_logged(
+        self, event: ProgressEvent, job_id: str | None, worker_id: str | None
+    ) -> ApplyResult:
+        if worker_id is not None and job_id is None:
+            job_id = self.get_job_id_for_worker(worker_id)
+            if job_id is None:
+                self.stats.count(event.source, "no_job")
+                return ApplyResult(False, "no_job")
+        return self.apply(event, job_id)
+
+    def _event(self, percentage: float, message: str | None, **fields: str) -> ProgressEvent | None:
+        try:
+            return ProgressEvent(percent=check_percent(percentage), message=message or "",
+                                 **fields)  # type: ignore[arg-type]
+        except InvalidProgress as error:
+            self.stats.count(fields.get("source", "api"), "rejected")
+            log.warning("progress rejected", error=str(error))
+            return None
+
+    def _apply_now(self, job_id: str, event: ProgressEvent, create: bool) -> ApplyResult:
+        if create:
+            self._ensure_job(job_id)
+        mutate, verdicts = rules.judged_progress(event)
+
+        def tally() -> list[tuple[str, str, int]]:
+            return [(event.source, verdicts[-1].reason if verdicts else "applied", 1)]
+
+        try:
+            job = self._writer.write_now(job_id, mutate, "progress", tally)
+        except JobNotFound:
+            self.stats.count(event.source, "no_job")
+            return ApplyResult(False, "no_job", job_id)
+        except StoreUnavailable:
+            # The database is away: the event waits with the job's other pending progress
+            # (instead of a queued write of its own, so nothing overtakes it).
+            self._writer.discard_final(job_id, mutate)
+            self._writer.submit(job_id, event, create=create)
+            self.stats.count(event.source, "queued")
+            return ApplyResult(True, "queued", job_id)
+        reason = tally()[0][1]
+        return ApplyResult(reason == "applied", reason, job_id, job)
+
+    def _finish(
+        self, job_id: str, mutate: Mutation, kind: str, *, quiet_missing: bool = False
+    ) -> bool:
+        try:
+            job = self._writer.write_now(job_id, mutate, kind)
+        except JobNotFound:
+            if not quiet_missing:
+                log.warning("no such job", job_id=job_id, kind=kind)
+            return False
+        except StoreUnavailable:
+            # Queued by the writer and retried until it lands. Until then the job counts
+            # as ended here, so progress reported after it is not written before it.
+            if kind in _ENDINGS:
+                self._terminal[job_id] = _ENDINGS[kind]
+            return False
+        if job is None:
+            log.info("job already ended; nothing to do", job_id=job_id, kind=kind)
+            return False
+        return True
+
+    def _written(
+        self, job_id: str, job: Job | None, kind: str, tallies: list[tuple[str, str, int]]
+    ) -> None:
+        """The writer's report of one write: update caches and stats, call listeners."""
+        stats = self.stats
+        for source, outcome, n in tallies:
+            stats.count(source, outcome, n)
+        if job is None:
+            return
+        stats.writes += 1
+        if kind == "progress" and not any(outcome == "applied" for _, outcome, _ in tallies):
+            return  # e.g. a late event counted on an ended job: nothing to tell listeners
+        if job.status.is_terminal:
+            self._terminal[job_id] = job.status
+            if len(self._terminal) > 100_000:
+                self._terminal.pop(next(iter(self._terminal)))
+            self._forget_mappings(job_id)
+        event_type = _EVENT_TYPES.get(job.status, "updated")
+        for listener in self._listeners:
+            self._call_listener(listener, event_type, job)
+
+    def _failed(self, job_id: str, error: Exception) -> None:
+        self.stats.write_errors += 1
+
+    def _call_listener(self, listener: Listener, event_type: str, job: Job) -> None:
+        for attempt in range(1, _LISTENER_ATTEMPTS + 1):
+            try:
+                listener(event_type, job)
+                return
+            except Exception:  # a listener never breaks the handler
+                self.stats.listener_errors += 1
+                log.exception("progress listener failed", listener=repr(listener),
+                              attempt=attempt, job_id=job.id)
+
+    def _forget_mappings(self, job_id: str) -> None:
+        try:
+            self.store.delete_mappings_for_job(job_id)
+        except RETRYABLE as error:
+            log.warning("could not remove mappings of an ended job", job_id=job_id,
+                        error=brief(error))
+        for key, (mapped, _) in list(self._mappings.items()):
+            if mapped == job_id:
+                self._mappings.pop(key, None)
+
+    def _mapped(self, event: ProgressEvent) -> str | None:
+        if event.worker_id is not None:
+            job_id = self._lookup("worker", event.worker_id)
+            if job_id is not None:
+                return job_id
+        if event.task_id is not None:
+            return self._lookup("task", event.task_id)
+        return None
+
+    def _lookup(self, kind: str, key: str) -> str | None:
+        """A persisted mapping, cached briefly so a log stream does not query per line."""
+        cached = self._mappings.get((kind, key))
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < self._mapping_ttl:
+            return cached[0]
+        try:
+            job_id = self.store.get_mapping(kind, key)  # type: ignore[arg-type]
+        except RETRYABLE as error:
+            log.warning("mapping lookup failed", kind=kind, key=key, error=brief(error))
+            return cached[0] if cached is not None else None
+        self._mappings[kind, key] = (job_id, now)
+        return job_id
+
+    def _ensure_job(self, job_id: str, **fields: str) -> None:
+        try:
+            if self.store.get_job(job_id) is None:
+                self._create_missing(job_id, **fields)
+        except RETRYABLE as error:
+            # The writer creates it when the database is back (create=True on submit).
+            log.warning("job not created now: database unreachable", job_id=job_id,
+                        error=brief(error))
+
+    def _create_missing(self, job_id: str, **fields: str) -> None:
+        try:
+            self.store.create_job(job_id=job_id, **fields)  # type: ignore[arg-type]
+            log.info("job created on first progress", job_id=job_id)
+        except JobExists:
+            pass
+

@@ -1,0 +1,245 @@
+"""The rules of job state, as pure functions of (job snapshot, what happened).
+
+Each function returns what ``JobStore.update_job`` needs, ``(changes, history)``, or
+None when the job must not change. They are pure because the store may call them
+again on a fresher snapshot when another writer got there first; that is what keeps
+many processes writing one job correct.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from morag_jobs.events import ProgressEvent, utc_now
+from morag_jobs.store import Job, JobChanges, JobStatus
+
+__all__ = [
+    "Outcome",
+    "Verdict",
+    "cancellation",
+    "completion",
+    "heartbeat",
+    "judge",
+    "judged_chain",
+    "judged_progress",
+    "progress",
+    "retry",
+    "start",
+    "worker_lost",
+]
+
+Outcome = tuple[JobChanges, Mapping[str, Any] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the rules make of one event on one job, before anything is written."""
+
+    accepted: bool
+    reason: str
+    percentage: float | None = None
+    stage: str | None = None
+    stage_percent: float | None = None
+
+
+def judge(job: Job, event: ProgressEvent) -> Verdict:
+    """Map the event onto the job's overall scale and decide whether it may apply.
+
+    Reasons for refusal: ``terminal`` (the job has ended), ``stale`` (older than the
+    last applied event, by sequence or timestamp) and ``stage_behind`` (a stage the job
+    has already left; stages only move forward).
+    """
+    if job.status.is_terminal:
+        return Verdict(False, "terminal")
+    if event.sequence is not None and job.last_sequence is not None:
+        if event.sequence <= job.last_sequence:
+            return Verdict(False, "stale")
+    elif job.last_event_at is not None and event.timestamp < job.last_event_at:
+        return Verdict(False, "stale")
+    plan = job.stages
+    if plan is None:
+        return Verdict(True, "applied", event.percent, event.stage or job.stage, event.percent)
+    stage = plan.resolve(event.stage, job.stage)
+    current_index = plan.index(job.stage)
+    if current_index is not None and plan.index(stage) < current_index:  # type: ignore[operator]
+        return Verdict(False, "stage_behind")
+    if event.percent is None:
+        return Verdict(True, "applied", None, stage, None)
+    return Verdict(True, "applied", plan.to_overall(stage, event.percent), stage, event.percent)
+
+
+def progress(job: Job, event: ProgressEvent, verdict: Verdict | None = None) -> Outcome | None:
+    """A progress event: the overall percentage only rises; PENDING becomes PROCESSING.
+
+    A late event on an ended job is not applied, but counted on the job
+    (``ignored_count``) so that the record shows it happened.
+    """
+    verdict = verdict or judge(job, event)
+    if not verdict.accepted:
+        if verdict.reason == "terminal":
+            return {"ignored_count": job.ignored_count + 1}, None
+        return None
+    now = utc_now()
+    percentage = job.percentage
+    if verdict.percentage is not None:
+        percentage = max(percentage, min(verdict.percentage, 100.0))
+    changes: JobChanges = {
+        "percentage": percentage,
+        "last_event_at": event.timestamp,
+        "last_progress_at": now,
+        "heartbeat_at": now,
+    }
+    if verdict.stage != job.stage:
+        changes["stage"] = verdict.stage
+        changes["stage_percent"] = verdict.stage_percent
+    elif verdict.stage_percent is not None:
+        changes["stage_percent"] = max(job.stage_percent or 0.0, verdict.stage_percent)
+    if event.sequence is not None:
+        changes["last_sequence"] = event.sequence
+    if event.current is not None:
+        changes["current"] = event.current
+        changes["total"] = event.total
+    if event.message:
+        changes["summary"] = event.message
+    if job.status is JobStatus.PENDING and percentage > 0:
+        changes["status"] = JobStatus.PROCESSING
+        changes["started_at"] = job.started_at or now
+    history = {"source": event.source, "kind": "progress", "at": now}
+    if event.message:
+        history["message"] = event.message
+    return changes, history
+
+
+def judged_progress(event: ProgressEvent) -> tuple[Callable[[Job], Outcome | None], list[Verdict]]:
+    """A mutation for ``JobStore.update_job`` and the list where it records its verdict."""
+    verdicts: list[Verdict] = []
+
+    def mutate(job: Job) -> Outcome | None:
+        verdict = judge(job, event)
+        verdicts[:] = [verdict]
+        return progress(job, event, verdict)
+
+    return mutate, verdicts
+
+
+def judged_chain(
+    events: list[ProgressEvent],
+) -> tuple[Callable[[Job], Outcome | None], list[Verdict]]:
+    """One mutation applying ``events`` in order, each judged on the job as the previous
+    ones left it; the verdicts (one per event) are recorded in the returned list."""
+    verdicts: list[Verdict] = []
+
+    def mutate(job: Job) -> Outcome | None:
+        verdicts.clear()
+        changes: JobChanges = {}
+        history: Mapping[str, Any] | None = None
+        current = job
+        for event in events:
+            verdict = judge(current, event)
+            verdicts.append(verdict)
+            outcome = progress(current, event, verdict)
+            if outcome is None:
+                continue
+            changes.update(outcome[0])
+            history = outcome[1] or history
+            current = replace(current, **outcome[0])
+        return (changes, history) if changes else None
+
+    return mutate, verdicts
+
+
+def completion(
+    job: Job, success: bool, message: str | None, source: str = "lifecycle"
+) -> Outcome | None:
+    """FINISHED at 100%, or FAILED keeping the percentage reached and recording the error."""
+    if job.status.is_terminal:
+        return None
+    now = utc_now()
+    status = JobStatus.FINISHED if success else JobStatus.FAILED
+    changes: JobChanges = {"status": status, "finished_at": now, "heartbeat_at": now}
+    if success:
+        changes["percentage"] = 100.0
+        if job.stages is not None:
+            changes["stage"] = job.stages.names[-1]
+            changes["stage_percent"] = 100.0
+        if message:
+            changes["summary"] = message
+    else:
+        changes["error"] = message or "failed"
+        if message:
+            changes["summary"] = message
+    if job.started_at is None:
+        changes["started_at"] = now
+    kind = "completion" if success else "failure"
+    return changes, {"source": source, "kind": kind, "message": message or status.value}
+
+
+def cancellation(job: Job, reason: str | None, source: str = "lifecycle") -> Outcome | None:
+    """CANCELLED (from revocation); the percentage reached is kept."""
+    if job.status.is_terminal:
+        return None
+    now = utc_now()
+    message = reason or "cancelled"
+    changes: JobChanges = {"status": JobStatus.CANCELLED, "finished_at": now,
+                           "summary": message, "heartbeat_at": now}
+    return changes, {"source": source, "kind": "cancellation", "message": message}
+
+
+def retry(
+    job: Job, message: str, *, reset: bool = False, source: str = "lifecycle",
+    status: JobStatus = JobStatus.PROCESSING,
+) -> Outcome | None:
+    """A retry: noted in the summary and history; only here may the percentage go down."""
+    if job.status.is_terminal:
+        return None
+    now: datetime = utc_now()
+    changes: JobChanges = {"summary": message, "heartbeat_at": now, "status": status}
+    if reset:
+        changes.update(percentage=0.0, stage=None, stage_percent=None, current=None,
+                       total=None, last_event_at=None, last_sequence=None)
+    return changes, {"source": source, "kind": "retry", "message": message}
+
+
+def start(job: Job, worker: str | None = None, *, redelivery_ok: bool = False) -> Outcome | None:
+    """A worker picked the task up: PROCESSING, ``started_at`` and a fresh heartbeat.
+
+    ``redelivery_ok`` records that the task is acknowledged late, so a reaper that finds
+    its worker gone sends the job back to PENDING (Celery will redeliver it) rather than
+    failing it.
+    """
+    if job.status.is_terminal:
+        return None
+    now = utc_now()
+    metadata = {**job.metadata, "acks_late": redelivery_ok}
+    if worker is not None:
+        metadata["worker"] = worker
+    changes: JobChanges = {"status": JobStatus.PROCESSING, "heartbeat_at": now,
+                           "started_at": job.started_at or now, "metadata": metadata}
+    message = f"started on {worker}" if worker else "started"
+    if job.status is JobStatus.PROCESSING:
+        message = f"restarted on {worker}" if worker else "restarted"
+    return changes, {"source": "lifecycle", "kind": "start", "message": message}
+
+
+def heartbeat(job: Job) -> Outcome | None:
+    """The worker running the job is alive; no history row."""
+    if job.status is not JobStatus.PROCESSING:
+        return None
+    return {"heartbeat_at": utc_now()}, None
+
+
+def worker_lost(job: Job, timeout: float) -> Outcome | None:
+    """The reaper found no heartbeat: FAILED, or PENDING when Celery will redeliver."""
+    if job.status is not JobStatus.PROCESSING:
+        return None
+    message = f"worker lost: no heartbeat for {timeout:g}s"
+    if job.metadata.get("acks_late"):
+        return ({"status": JobStatus.PENDING, "summary": f"{message}; waiting for redelivery"},
+                {"source": "reaper", "kind": "requeue", "message": message})
+    now = utc_now()
+    return ({"status": JobStatus.FAILED, "error": message, "summary": message,
+             "finished_at": now},
+            {"source": "reaper", "kind": "failure", "message": message})

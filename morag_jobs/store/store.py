@@ -1,0 +1,402 @@
+"""``JobStore``: the job table, its history and the worker/task mappings, behind one object.
+
+Every change to a job goes through ``update_job``, a compare-and-set on the row's
+``version``: the handler's rules run on a snapshot, and the write lands only if nobody
+wrote in between, else the rules run again on the fresh row. That is what keeps many
+worker processes from lowering a percentage or reopening a finished job.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, Engine, delete, func, inspect, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from morag_jobs import settings
+from morag_jobs.errors import ConcurrencyConflict, JobExists, JobNotFound, StoreUnavailable
+from morag_jobs.events import utc_now
+from morag_jobs.stages import StagePlan, get_stage_plan
+from morag_jobs.store import queries as q
+from morag_jobs.store.engine import create_store_engine, masked_url, parse_url
+from morag_jobs.store.migrate import migrate
+from morag_jobs.store.records import Job, JobChanges, JobEventRecord, JobStatus
+
+__all__ = [
+    "Job",
+    "JobChanges",
+    "JobEventRecord",
+    "JobStatus",
+    "JobStore",
+    "Mutation",
+    "upgrade_database",
+]
+
+log = structlog.get_logger(__name__)
+
+Mutation = Callable[[Job], tuple[JobChanges, Mapping[str, Any] | None] | None]
+"""The handler's rules as a pure function: a snapshot in, (changes, history) or None out."""
+
+MAX_ID_LENGTH = 64
+
+
+class JobStore:
+    """The durable job table on SQLite (default) or PostgreSQL.
+
+    ``create_tables=None`` creates the tables when a SQLite database has none; PostgreSQL
+    is migrated explicitly (``upgrade()`` or ``morag-jobs db upgrade``) unless told to.
+    Database errors after the first connection propagate as SQLAlchemy errors; the
+    caller (the handler) owns the retry policy.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        engine: Engine | None = None,
+        history_limit: int | None = 1000,
+        create_tables: bool | None = None,
+        echo: bool = False,
+    ) -> None:
+        if history_limit is not None and history_limit < 1:
+            raise ValueError(f"history_limit must be at least 1 (or None), not {history_limit}")
+        self._owns_engine = engine is None
+        if engine is None:
+            engine = create_store_engine(parse_url(url or settings.database_url()), echo=echo)
+        self._engine = engine
+        self._dialect = engine.dialect.name
+        self._history_limit = history_limit
+        # Trim at most every ~10 % of the limit: a job may briefly hold that many extra events.
+        self._trim_every = max(1, history_limit // 10) if history_limit else 0
+        self._create_tables = create_tables
+        self._ready = False
+        self._ready_lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """The database URL with its password masked."""
+        return masked_url(self._engine.url)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def history_limit(self) -> int | None:
+        return self._history_limit
+
+    def __repr__(self) -> str:
+        return f"JobStore({self.url!r})"
+
+    def close(self) -> None:
+        """Close pooled connections (of an engine this store created)."""
+        if self._owns_engine:
+            self._engine.dispose()
+
+    dispose = close
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- schema -------------------------------------------------------------------------
+
+    def upgrade(self) -> None:
+        """Run the packaged Alembic migrations up to the newest; a no-op when already there."""
+        self._check_reachable()
+        migrate(self._engine)
+        self._ready = True
+        log.info("job database migrated", url=self.url)
+
+    def _ensure_ready(self) -> None:
+        if self._ready:
+            return
+        with self._ready_lock:
+            if self._ready:
+                return
+            self._check_reachable()
+            if self._wants_migration():
+                migrate(self._engine)
+                log.info("job database migrated", url=self.url)
+            self._ready = True
+
+    def _wants_migration(self) -> bool:
+        """Told to, or (by default) a SQLite database without the job table."""
+        if self._create_tables is None:
+            return self._dialect == "sqlite" and not self._has_tables()
+        return self._create_tables
+
+    def _check_reachable(self) -> None:
+        try:
+            with self._engine.connect():
+                pass
+        except DBAPIError as error:
+            raise StoreUnavailable(self.url, self._reason(error)) from error
+
+    def _has_tables(self) -> bool:
+        with self._engine.connect() as connection:
+            return inspect(connection).has_table(q.JOBS.name)
+
+    def _reason(self, error: DBAPIError) -> str:
+        """The driver's first line, with the password scrubbed should a driver echo it."""
+        text = str(error.orig if error.orig is not None else error).strip()
+        reason = text.splitlines()[0] if text else type(error).__name__
+        password = self._engine.url.password
+        return reason.replace(str(password), "***") if password else reason
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        self._ensure_ready()
+        with self._engine.connect() as connection:
+            yield connection
+
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        self._ensure_ready()
+        with self._engine.begin() as connection:
+            yield connection
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def create_job(
+        self,
+        *,
+        name: str | None = None,
+        job_type: str | None = None,
+        user_id: str | None = None,
+        stages: StagePlan | None = None,
+        job_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        webhook_url: str | None = None,
+        worker_id: str | None = None,
+    ) -> Job:
+        """A new PENDING job; its stage plan defaults to the one registered for ``job_type``."""
+        job_id = _checked_id(job_id) if job_id is not None else uuid.uuid4().hex
+        now = utc_now()
+        values = {
+            "id": job_id, "name": name, "job_type": job_type, "user_id": user_id,
+            "status": JobStatus.PENDING, "percentage": 0.0, "summary": "",
+            "metadata": dict(metadata or {}),
+            "stages": stages if stages is not None else get_stage_plan(job_type),
+            "webhook_url": webhook_url, "worker_id": worker_id,
+            "created_at": now, "updated_at": now, "version": 0, "ignored_count": 0,
+        }  # fmt: skip
+        try:
+            with self._writing() as connection:
+                row = connection.execute(q.insert_job(values)).one()
+        except IntegrityError as error:
+            raise JobExists(job_id) from error
+        log.debug("job created", job_id=job_id, job_type=job_type)
+        return Job.from_row(row._mapping)
+
+    def get_job(self, job_id: str) -> Job | None:
+        with self._reading() as connection:
+            row = connection.execute(q.select_jobs(q.JOBS.c.id == job_id)).first()
+        return Job.from_row(row._mapping) if row is not None else None
+
+    def require_job(self, job_id: str) -> Job:
+        """Like ``get_job``, but a missing job raises ``JobNotFound``."""
+        job = self.get_job(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def list_jobs(
+        self,
+        *,
+        status: q.StatusFilter = None,
+        user_id: str | None = None,
+        job_type: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        updated_after: datetime | None = None,
+        limit: int | None = 50,
+        offset: int = 0,
+        order_by: str = "-created_at",
+    ) -> list[Job]:
+        """Jobs matching every given filter (time bounds exclusive), a page at a time."""
+        if (limit is not None and limit < 0) or offset < 0:
+            raise ValueError(f"limit and offset cannot be negative (got {limit}, {offset})")
+        clauses = q.job_filters(
+            status=status, user_id=user_id, job_type=job_type, created_after=created_after,
+            created_before=created_before, updated_after=updated_after,
+        )  # fmt: skip
+        query = q.select_jobs(*clauses).order_by(*q.job_order(order_by)).offset(offset)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._reading() as connection:
+            return [Job.from_row(row._mapping) for row in connection.execute(query)]
+
+    def count_jobs(
+        self,
+        *,
+        status: q.StatusFilter = None,
+        user_id: str | None = None,
+        job_type: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        updated_after: datetime | None = None,
+    ) -> int:
+        """How many jobs ``list_jobs`` would return with the same filters and no limit."""
+        clauses = q.job_filters(
+            status=status, user_id=user_id, job_type=job_type, created_after=created_after,
+            created_before=created_before, updated_after=updated_after,
+        )  # fmt: skip
+        with self._reading() as connection:
+            return int(connection.scalar(select(func.count()).select_from(q.JOBS).where(*clauses)))
+
+    def count_by_status(self) -> dict[JobStatus, int]:
+        """Jobs per status; every status is present, with 0 when there are none."""
+        status = q.JOBS.c.status
+        with self._reading() as connection:
+            rows = connection.execute(select(status, func.count()).group_by(status)).all()
+        counts = dict.fromkeys(JobStatus, 0)
+        counts.update({JobStatus(row[0]): int(row[1]) for row in rows})
+        return counts
+
+    def stale_jobs(self, older_than: datetime) -> list[Job]:
+        """PROCESSING jobs not heard from (heartbeat, progress or start) since ``older_than``."""
+        last_seen = q.last_sign_of_life()
+        query = q.select_jobs(q.JOBS.c.status == JobStatus.PROCESSING, last_seen < older_than)
+        with self._reading() as connection:
+            rows = connection.execute(query.order_by(last_seen, q.JOBS.c.id))
+            return [Job.from_row(row._mapping) for row in rows]
+
+    def delete_job(self, job_id: str) -> bool:
+        """Delete a job with its history and mappings; False when there was none."""
+        with self._writing() as connection:
+            result = connection.execute(delete(q.JOBS).where(q.JOBS.c.id == job_id))
+        return result.rowcount > 0
+
+    # -- the atomic update ----------------------------------------------------------------
+
+    def update_job(self, job_id: str, mutate: Mutation, *, max_attempts: int = 20) -> Job | None:
+        """Apply ``mutate`` to the job atomically; the new snapshot, or None if it changed nothing.
+
+        ``mutate`` may run several times (once per lost race), each time on a fresh
+        snapshot, so it must be pure. ``history``, when given, becomes one ``job_events``
+        row in the same transaction; fields it leaves out are taken from the new row.
+        """
+        for attempt in range(1, max_attempts + 1):
+            snapshot = self.require_job(job_id)
+            outcome = mutate(snapshot)
+            if outcome is None:
+                return None
+            changes, history = outcome
+            written = self._compare_and_set(snapshot, changes, history)
+            if written is not None:
+                return written
+            log.debug("job update lost a race; retrying", job_id=job_id, attempt=attempt)
+            _back_off(attempt)
+        raise ConcurrencyConflict(job_id, max_attempts)
+
+    def _compare_and_set(
+        self, snapshot: Job, changes: JobChanges, history: Mapping[str, Any] | None
+    ) -> Job | None:
+        values = q.column_values(changes, utc_now())
+        if history is not None:
+            q.check_history(history)
+        with self._writing() as connection:
+            row = connection.execute(q.compare_and_set(snapshot, values)).first()
+            if row is None:
+                return None
+            job = Job.from_row(row._mapping)
+            if history is not None:
+                connection.execute(q.insert_event(q.event_values(job, history)))
+            if self._trim_every and job.version % self._trim_every == 0:
+                connection.execute(q.trim_history(job.id, self._history_limit or 0))
+        return job
+
+    def get_events(
+        self, job_id: str, *, limit: int | None = None, after_id: int | None = None
+    ) -> list[JobEventRecord]:
+        """A job's history, oldest first: the first ``limit`` events after event ``after_id``."""
+        events = q.EVENTS
+        query = select(events).where(events.c.job_id == job_id).order_by(events.c.id)
+        if after_id is not None:
+            query = query.where(events.c.id > after_id)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._reading() as connection:
+            return [JobEventRecord.from_row(row._mapping) for row in connection.execute(query)]
+
+    # -- worker and task mappings ---------------------------------------------------------
+
+    def set_mapping(self, kind: q.MappingKind, key: str, job_id: str) -> None:
+        """Route ``kind`` (worker or task) ``key`` to ``job_id``, replacing an earlier route."""
+        q.check_mapping_kind(kind)
+        values = {"kind": kind, "key": key, "job_id": job_id, "created_at": utc_now()}
+        try:
+            with self._writing() as connection:
+                connection.execute(q.upsert_mapping(self._dialect, values))
+        except IntegrityError as error:
+            raise JobNotFound(job_id) from error
+
+    def get_mapping(self, kind: q.MappingKind, key: str) -> str | None:
+        q.check_mapping_kind(kind)
+        table = q.MAPPINGS
+        query = select(table.c.job_id).where(table.c.kind == kind, table.c.key == key)
+        with self._reading() as connection:
+            return connection.scalar(query)
+
+    def delete_mapping(self, kind: q.MappingKind, key: str) -> bool:
+        q.check_mapping_kind(kind)
+        table = q.MAPPINGS
+        with self._writing() as connection:
+            result = connection.execute(
+                delete(table).where(table.c.kind == kind, table.c.key == key)
+            )
+        return result.rowcount > 0
+
+    def delete_mappings_for_job(self, job_id: str) -> int:
+        """Forget every worker and task route to ``job_id`` (done when the job completes)."""
+        table = q.MAPPINGS
+        with self._writing() as connection:
+            result = connection.execute(delete(table).where(table.c.job_id == job_id))
+        return result.rowcount
+
+    def list_mappings(self, kind: q.MappingKind | None = None) -> dict[tuple[str, str], str]:
+        """``{(kind, key): job_id}``, for one kind or both."""
+        table = q.MAPPINGS
+        query = select(table.c.kind, table.c.key, table.c.job_id)
+        if kind is not None:
+            q.check_mapping_kind(kind)
+            query = query.where(table.c.kind == kind)
+        with self._reading() as connection:
+            return {(row.kind, row.key): row.job_id for row in connection.execute(query)}
+
+
+def _checked_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not job_id or len(job_id) > MAX_ID_LENGTH:
+        raise ValueError(f"job id {job_id!r} must be a non-empty string of at most 64 characters")
+    return job_id
+
+
+def _back_off(attempt: int) -> None:
+    """A short random pause after a lost race, so the same writers do not collide again."""
+    time.sleep(random.uniform(0, min(0.05, 0.0005 * 2**attempt)))
+
+
+def upgrade_database(url: str | None = None) -> None:
+    """Migrate the database at ``url`` (default: ``MORAG_DATABASE_URL``) to the newest schema."""
+    store = JobStore(url, create_tables=False)
+    try:
+        store.upgrade()
+    finally:
+        store.close()
