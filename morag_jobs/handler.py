@@ -97,10 +97,11 @@ class ProgressHandler:
     """Turns progress events into job state; see ARCHITECTURE.md, "Rules of job state".
 
     ``interval`` is the write-coalescing window per job (0 writes every event as soon as
-    the writer thread gets to it). With ``auto_create_jobs`` an event for a job id that
-    was named explicitly (argument or event field) creates the job when it does not
-    exist, as the original MoRAG tracker's callers expect; ids that were only guessed
-    (an unmapped worker or task) never create anything.
+    the writer thread gets to it).
+    With ``auto_create_jobs`` an event for a job id that was named explicitly (argument
+    or event field) creates the job when it does not exist, as the original MoRAG
+    tracker's callers expect; ids that were only guessed (an unmapped worker or task)
+    never create anything.
     """
 
     def __init__(
@@ -116,6 +117,7 @@ class ProgressHandler:
     ) -> None:
         if store is not None and database_url is not None:
             raise ValueError("pass either store or database_url, not both")
+        self._owns_store = store is None
         self.store = store if store is not None else JobStore(database_url)
         self.parser = parser if parser is not None else ProgressEventParser()
         self.auto_create_jobs = auto_create_jobs
@@ -166,8 +168,13 @@ class ProgressHandler:
         return self._writer.flush(timeout)
 
     def close(self) -> None:
-        """Flush and stop the writer thread (also done at a clean interpreter exit)."""
+        """Flush and stop the writer thread (also done at a clean interpreter exit).
+
+        A store the handler built itself (from ``database_url``) is closed too.
+        """
         self._writer.close()
+        if self._owns_store:
+            self.store.close()
 
     # -- listeners -----------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from morag_jobs import __version__
-from morag_jobs.cli import db, parse
+from morag_jobs.cli import db, parse, reap
 from morag_jobs.logs import configure_logging
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app = typer.Typer(
 )
 app.command("parse")(parse.parse)
 app.add_typer(db.app, name="db")
+app.command("reap")(reap.reap)
 
 
 def _print_version(value: bool) -> None:

@@ -1,0 +1,75 @@
+"""The log tap: a task that only logs ``Processing... 75%`` moves its job.
+
+``ProgressLogHandler`` is a ``logging.Handler`` the plugin adds in worker processes;
+``progress_processor`` does the same for structlog users. Both act only while a task
+with a job is running (a context-variable lookup otherwise), feed the record's message
+through the ``ProgressEventParser``, and fold only the lines it accepts into the task's
+latest state, exactly as ``report_progress`` would.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import MutableMapping
+from typing import Any
+
+from morag_jobs.celery.context import _CURRENT
+from morag_jobs.parser import ProgressEventParser
+
+__all__ = ["ProgressLogHandler", "progress_processor"]
+
+_guard = threading.local()
+_OWN_LOGGERS = ("morag_jobs",)
+
+
+class ProgressLogHandler(logging.Handler):
+    """Feeds log records of running jobs through the parser into their job."""
+
+    def __init__(self, parser: ProgressEventParser | None = None, level: int = 0) -> None:
+        super().__init__(level)
+        self.parser = parser if parser is not None else ProgressEventParser()
+        self._last: logging.LogRecord | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        context = _CURRENT.get()
+        if context is None or record is self._last or getattr(_guard, "active", False):
+            return
+        if record.name.startswith(_OWN_LOGGERS):
+            return  # never parse our own log lines: no feedback loops
+        self._last = record  # a record reaching us through two loggers counts once
+        _guard.active = True
+        try:
+            event = self.parser.parse_line(record.getMessage())
+            if event is not None:
+                context.report_event(event)
+        except Exception:  # logging must never fail because of progress
+            self.handleError(record)
+        finally:
+            _guard.active = False
+
+
+_processor_parser: ProgressEventParser | None = None
+
+
+def progress_processor(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A structlog processor: progress in a log call's fields or message moves the job.
+
+    Put it anywhere in the processor chain; it returns ``event_dict`` unchanged.
+    """
+    global _processor_parser  # noqa: PLW0603 - one parser per process, built on first use
+    context = _CURRENT.get()
+    if context is None or getattr(_guard, "active", False):
+        return event_dict
+    if _processor_parser is None:
+        _processor_parser = ProgressEventParser()
+    _guard.active = True
+    try:
+        event = _processor_parser.parse_fields(event_dict)
+        if event is not None:
+            context.report_event(event)
+    finally:
+        _guard.active = False
+    return event_dict

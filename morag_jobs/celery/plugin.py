@@ -1,0 +1,280 @@
+"""``install(app)``: wire morag-jobs into a Celery app, and ``submit`` jobs to it.
+
+What ``install`` connects:
+
+- signal handlers for the task lifecycle (prerun: PROCESSING; success: FINISHED at
+  100%; failure: FAILED with the exception, percentage kept; retry: noted, still
+  PROCESSING; revoked: CANCELLED), each setting or clearing the job context that
+  ``report_progress`` reads;
+- the log tap on the root and task loggers of worker processes;
+- a worker bootstep that runs the reaper in the main worker process;
+- ``celery worker`` options for the settings an operator changes.
+
+Settings, strongest first: ``install``'s arguments, the ``celery worker`` options,
+``app.conf.morag_jobs_*``, ``MORAG_*`` environment variables, defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import fields, replace
+from typing import Any
+
+import click
+import structlog
+from celery import Celery, Task, bootsteps, signals
+from celery.utils import uuid as celery_uuid
+
+from morag_jobs.celery.context import _CURRENT as CURRENT
+from morag_jobs.celery.context import JobContext, bind, unbind
+from morag_jobs.celery.logtap import ProgressLogHandler
+from morag_jobs.celery.runtime import Runtime, RuntimeConfig, default_runtime, set_default_runtime
+from morag_jobs.reaper import reap
+from morag_jobs.stages import Band, StagePlan, register_stage_plan
+from morag_jobs.store import Job
+
+__all__ = ["JOB_HEADER", "install", "submit"]
+
+log = structlog.get_logger(__name__)
+
+JOB_HEADER = "morag_job_id"
+_OPTIONS = {  # celery worker option -> RuntimeConfig field
+    "morag_database": "database_url",
+    "morag_interval": "interval",
+    "morag_heartbeat": "heartbeat_interval",
+    "morag_reap_timeout": "reap_timeout",
+}
+
+
+def install(
+    app: Celery,
+    database_url: str | None = None,
+    stage_plans: Mapping[str, StagePlan | Mapping[str, Band]] | None = None,
+    **settings: Any,
+) -> Runtime:
+    """Make ``app``'s tasks report progress into the job table; returns the runtime.
+
+    ``settings`` are :class:`RuntimeConfig` fields (``interval``, ``heartbeat_interval``,
+    ``celery_progress``, ``log_tap``, ``reap_timeout``...).
+    """
+    config = _config(app, database_url, settings)
+    runtime = Runtime(config, app=app)
+    set_default_runtime(runtime)
+    for job_type, plan in (stage_plans or {}).items():
+        register_stage_plan(job_type, plan if isinstance(plan, StagePlan) else StagePlan(plan))
+    _connect(app, runtime)
+    app.steps["worker"].add(MoragJobsStep)
+    app.user_options["worker"].add(click.Option(["--morag-database"], help="Job database URL."))
+    app.user_options["worker"].add(click.Option(
+        ["--morag-interval"], type=float, help="Seconds between coalesced progress writes."))
+    app.user_options["worker"].add(click.Option(
+        ["--morag-heartbeat"], type=float, help="Seconds between heartbeats of running jobs."))
+    app.user_options["worker"].add(click.Option(
+        ["--morag-reap-timeout"], type=float,
+        help="Fail running jobs without a heartbeat for this long (0 disables the reaper)."))
+    return runtime
+
+
+def submit(
+    task: Task,
+    args: tuple[Any, ...] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    name: str | None = None,
+    job_type: str | None = None,
+    user_id: str | None = None,
+    stages: StagePlan | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    webhook_url: str | None = None,
+    **apply_async_options: Any,
+) -> Job:
+    """Create the job (PENDING), then send the task with the job id in its headers."""
+    handler = default_runtime().handler
+    task_id = apply_async_options.pop("task_id", None) or celery_uuid()
+    job = handler.store.create_job(
+        name=name or task.name, job_type=job_type or task.name, user_id=user_id,
+        stages=stages, webhook_url=webhook_url,
+        metadata={**(metadata or {}), "task_name": task.name, "task_id": task_id},
+    )
+    handler.register_task_mapping(task_id, job.id)
+    headers = {**apply_async_options.pop("headers", {}), JOB_HEADER: job.id}
+    task.apply_async(args, dict(kwargs or {}), task_id=task_id, headers=headers,
+                     **apply_async_options)
+    return job
+
+
+def _config(app: Celery, database_url: str | None, settings: Mapping[str, Any]) -> RuntimeConfig:
+    names = {f.name for f in fields(RuntimeConfig)}
+    unknown = set(settings) - names
+    if unknown:
+        raise TypeError(f"unknown morag-jobs settings {sorted(unknown)}; use {sorted(names)}")
+    values = {name: app.conf.get(f"morag_jobs_{name}") for name in names}
+    values = {k: v for k, v in values.items() if v is not None}
+    values.update({k: v for k, v in settings.items() if v is not None})
+    if database_url is not None:
+        values["database_url"] = database_url
+    return RuntimeConfig(**values)
+
+
+class MoragJobsStep(bootsteps.StartStopStep):
+    """Applies the worker options and runs the reaper in the main worker process."""
+
+    def __init__(self, parent: Any, **options: Any) -> None:
+        super().__init__(parent, **options)
+        runtime = default_runtime()
+        chosen = {field: options[opt] for opt, field in _OPTIONS.items()
+                  if options.get(opt) is not None}
+        if chosen:
+            runtime.config = replace(runtime.config, **chosen)
+        _warm_up(runtime)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, parent: Any) -> None:
+        timeout = default_runtime().config.reap_timeout
+        if timeout:
+            self._thread = threading.Thread(target=self._reap_forever, args=(timeout,),
+                                            name="morag-jobs-reaper", daemon=True)
+            self._thread.start()
+
+    def stop(self, parent: Any) -> None:
+        self._stop.set()
+        default_runtime().close()
+
+    terminate = stop  # a cold shutdown calls terminate(): flush and stop all the same
+
+    def _reap_forever(self, timeout: float) -> None:
+        store = default_runtime().handler.store
+        while not self._stop.wait(max(timeout / 4, 1.0)):
+            try:
+                reap(store, timeout)
+            except Exception:  # a reaper pass that fails is tried again next time
+                log.exception("reaper pass failed")
+
+
+def _warm_up(runtime: Runtime) -> None:
+    """Build the handler and touch the database in the main thread, before the pool forks.
+
+    Otherwise the reaper thread would import the database driver on its first pass; a
+    pool child forked during that import inherits the module's import lock held, and
+    its first task waits on it forever.
+    """
+    try:
+        runtime.handler.store.count_jobs()
+    except Exception:  # the database may be down at start; the worker still starts
+        log.warning("job database not reachable at worker start", exc_info=True)
+
+
+def _job_id(task: Task, task_id: str, runtime: Runtime) -> str:
+    request = task.request
+    header = request.get(JOB_HEADER) if request is not None else None
+    if header:
+        return str(header)
+    return runtime.handler.get_job_id_for_task(task_id) or task_id
+
+
+def _connect(app: Celery, runtime: Runtime) -> None:
+    """Connect the lifecycle signals; handlers ignore other apps' tasks."""
+
+    def ours(task: Any) -> bool:
+        return getattr(task, "app", None) is app
+
+    def on_prerun(task_id: str, task: Task, **_: Any) -> None:
+        if not ours(task):
+            return
+        try:
+            context = runtime.begin(_job_id(task, task_id, runtime), task_id)
+        except Exception:  # bookkeeping never stops the task: it reports into the void
+            log.exception("could not track the task's job", task_id=task_id)
+            context = JobContext(task_id, task_id, runtime)
+        context.token = bind(context)
+        try:
+            runtime.start(context, worker=task.request.hostname,
+                          redelivery_ok=bool(task.acks_late))
+        except Exception:  # bookkeeping never stops the task from running
+            log.exception("could not mark job started", job_id=context.job_id)
+
+    def current() -> JobContext | None:
+        return CURRENT.get()
+
+    def on_success(sender: Task, **_: Any) -> None:
+        context = current()
+        if ours(sender) and context is not None:
+            runtime.complete(context, True, f"{sender.name} succeeded")
+
+    def on_failure(sender: Task, exception: BaseException, **_: Any) -> None:
+        context = current()
+        if ours(sender) and context is not None:
+            runtime.complete(context, False, f"{type(exception).__name__}: {exception}")
+
+    def on_retry(sender: Task, request: Any, reason: Any, **_: Any) -> None:
+        context = current()
+        if ours(sender) and context is not None:
+            runtime.end(context)
+            retries = (request.retries or 0) + 1 if request is not None else 1
+            runtime.handler.handle_job_retry(context.job_id, f"retry {retries}: {reason}")
+
+    def on_postrun(task: Task, **_: Any) -> None:
+        context = current()
+        if ours(task) and context is not None:
+            runtime.end(context)  # a no-op when success/failure already ended it
+            unbind(context.token)
+
+    def on_revoked(sender: Any, request: Any, **_: Any) -> None:
+        if request is None or not ours(sender):
+            return
+        headers = getattr(request, "request_dict", None) or {}
+        job_id = headers.get(JOB_HEADER) or runtime.handler.get_job_id_for_task(request.id)
+        runtime.handler.handle_job_cancellation(job_id or request.id, "revoked")
+
+    def on_process_shutdown(**_: Any) -> None:
+        runtime.close()
+
+    def tap(logger: logging.Logger | None = None, **_: Any) -> None:
+        if not runtime.config.log_tap:
+            return
+        handler = _shared_tap()
+        for target in {logging.getLogger(), logger or logging.getLogger("celery.task")}:
+            _hear_info(target)
+            if handler not in target.handlers:
+                target.addHandler(handler)
+
+    uid = f"morag-jobs-{id(app)}"
+    for signal, receiver in [
+        (signals.task_prerun, on_prerun), (signals.task_success, on_success),
+        (signals.task_failure, on_failure), (signals.task_retry, on_retry),
+        (signals.task_postrun, on_postrun), (signals.task_revoked, on_revoked),
+        (signals.worker_process_shutdown, on_process_shutdown),
+        (signals.after_setup_logger, tap), (signals.after_setup_task_logger, tap),
+        (signals.worker_process_init, tap),
+    ]:
+        signal.connect(receiver, weak=False, dispatch_uid=f"{uid}-{receiver.__name__}")
+
+
+def _hear_info(logger: logging.Logger) -> None:
+    """Let INFO records reach the tap while the console shows what it showed before.
+
+    ``celery worker`` logs at WARNING by default, and a logger drops records below its
+    level before any handler sees them, so ``log.info("Processing... 75%")`` would never
+    reach the tap. The logger goes to INFO; handlers that had no level of their own get
+    the old one, so the worker's output does not change.
+    """
+    previous = logger.getEffectiveLevel()
+    if previous <= logging.INFO:
+        return
+    for existing in logger.handlers:
+        if existing.level == logging.NOTSET:
+            existing.setLevel(previous)
+    logger.setLevel(logging.INFO)
+
+
+_tap: ProgressLogHandler | None = None
+
+
+def _shared_tap() -> ProgressLogHandler:
+    global _tap  # noqa: PLW0603 - one tap per process, shared by every logger it is on
+    if _tap is None:
+        _tap = ProgressLogHandler()
+    return _tap
