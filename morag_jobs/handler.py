@@ -22,6 +22,7 @@ from morag_jobs.errors import InvalidProgress, JobExists, JobNotFound, StoreUnav
 from morag_jobs.events import ProgressEvent, check_percent
 from morag_jobs.parser import ProgressEventParser
 from morag_jobs.store import Job, JobStatus, JobStore, Mutation
+from morag_jobs.webhooks import outbox_listener
 from morag_jobs.writer import RETRYABLE, CoalescingWriter, brief
 
 __all__ = ["ApplyResult", "HandlerStats", "Listener", "ProgressHandler"]
@@ -97,7 +98,8 @@ class ProgressHandler:
     """Turns progress events into job state; see ARCHITECTURE.md, "Rules of job state".
 
     ``interval`` is the write-coalescing window per job (0 writes every event as soon as
-    the writer thread gets to it).
+    the writer thread gets to it). With ``webhooks`` (the default), jobs that end here
+    queue their completion webhooks in the outbox (see :mod:`morag_jobs.webhooks`).
     With ``auto_create_jobs`` an event for a job id that was named explicitly (argument
     or event field) creates the job when it does not exist, as the original MoRAG
     tracker's callers expect; ids that were only guessed (an unmapped worker or task)
@@ -114,6 +116,7 @@ class ProgressHandler:
         auto_create_jobs: bool = True,
         sync_timeout: float = 30.0,
         mapping_ttl: float = 2.0,
+        webhooks: bool = True,
     ) -> None:
         if store is not None and database_url is not None:
             raise ValueError("pass either store or database_url, not both")
@@ -131,6 +134,10 @@ class ProgressHandler:
             self.store, interval=interval, on_written=self._written, on_error=self._failed,
             create_job=self._create_missing, sync_timeout=sync_timeout,
         )
+        if webhooks:
+            # Every process that ends jobs queues their webhooks in the durable outbox;
+            # whichever process runs a WebhookDeliverer sends them.
+            self.add_listener(outbox_listener(self.store))
 
     # -- the general entry point ---------------------------------------------------------
 

@@ -12,9 +12,9 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from morag_jobs import rules
+from morag_jobs import rules, webhooks
 from morag_jobs.events import utc_now
-from morag_jobs.store import Job, JobStore
+from morag_jobs.store import Job, JobStatus, JobStore
 
 __all__ = ["reap"]
 
@@ -42,5 +42,7 @@ def reap(store: JobStore, timeout: float, *, now: datetime | None = None) -> lis
         job = store.update_job(stale.id, mutate)
         if job is not None:
             log.warning("job reaped: worker lost", job_id=job.id, status=job.status.value)
+            if job.status is JobStatus.FAILED:
+                webhooks.enqueue(store, "failed", job)
             reaped.append(job)
     return reaped

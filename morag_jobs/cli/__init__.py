@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 
 from morag_jobs import __version__
-from morag_jobs.cli import db, parse, reap
+from morag_jobs.cli import db, keys, parse, reap, serve
+from morag_jobs.cli import webhooks as webhooks_cli
 from morag_jobs.logs import configure_logging
 
 app = typer.Typer(
@@ -24,6 +25,9 @@ app = typer.Typer(
 app.command("parse")(parse.parse)
 app.add_typer(db.app, name="db")
 app.command("reap")(reap.reap)
+app.command("serve")(serve.serve)
+app.add_typer(keys.app, name="keys")
+app.add_typer(webhooks_cli.app, name="webhooks")
 
 
 def _print_version(value: bool) -> None:

@@ -1,0 +1,301 @@
+"""API keys: creation, revocation, and checking the bearer key of every request.
+
+A key reads ``mjk_<id>_<secret>``. The id finds the row; only a hash of the whole key
+is stored, compared with :func:`hmac.compare_digest`. Three scopes:
+
+- ``worker`` (subject: a worker id): may report progress and completion on jobs
+  assigned to that worker (``jobs.worker_id``) or mapped to it (``job_mappings``);
+  reads nothing.
+- ``user`` (subject: a user id): reads that user's jobs; reports nothing.
+- ``admin``: everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Final, Literal, cast
+
+from fastapi import HTTPException, Request, Security
+from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Table, select, update
+
+from morag_jobs.api.cache import RefreshingCache
+from morag_jobs.events import utc_now
+from morag_jobs.store import Job, JobStore
+from morag_jobs.store.models import ApiKeyRow
+
+__all__ = [
+    "SCOPES",
+    "ApiKey",
+    "ApiKeys",
+    "Principal",
+    "Scope",
+    "authenticate",
+    "authenticate_stream",
+    "bearer_token",
+    "hash_key",
+    "principal_of",
+]
+
+Scope = Literal["worker", "user", "admin"]
+SCOPES: tuple[Scope, ...] = ("worker", "user", "admin")
+KEY_PREFIX: Final = "mjk"
+API_KEYS = cast(Table, ApiKeyRow.__table__)
+
+BEARER = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer mjk_...`.")
+QUERY_TOKEN = APIKeyQuery(
+    name="access_token", auto_error=False,
+    description="The API key as a query parameter, for EventSource (which cannot send "
+                "headers). Accepted on the stream routes only.",
+)
+
+
+def hash_key(key: str) -> str:
+    """SHA-256 of the key, hex.
+
+    A fast hash is right here: the secret is 256 random bits, so guessing it from the
+    hash is infeasible however fast the hash is. Slow password hashes (bcrypt, argon2)
+    exist to protect low-entropy human passwords; on a random key they would only cost
+    CPU on every request.
+    """
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _key_id(key: str) -> str | None:
+    """The id inside ``mjk_<id>_<secret>``, or None for anything else."""
+    prefix, _, rest = key.partition("_")
+    key_id, _, secret = rest.partition("_")
+    if prefix != KEY_PREFIX or not key_id or not secret or len(key_id) > 32:
+        return None
+    return key_id
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A stored key, without its secret."""
+
+    id: str
+    scope: Scope
+    subject: str | None
+    label: str | None
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> ApiKey:
+        return cls(row.id, row.scope, row.subject, row.label, row.created_at,
+                   row.last_used_at, row.revoked_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the key's id, scope and subject."""
+
+    key_id: str
+    scope: Scope
+    subject: str | None = None
+
+    def may_read(self, job: Job) -> bool:
+        return self.scope == "admin" or (self.scope == "user" and job.user_id == self.subject)
+
+    def require_reader(self) -> None:
+        if self.scope == "worker":
+            raise HTTPException(403, "worker keys may only report progress and completion; "
+                                     "read jobs with a user or admin key")
+
+    def require_reporter(self) -> None:
+        if self.scope == "user":
+            raise HTTPException(403, "user keys may only read jobs; report progress with the "
+                                     "worker's key (morag-jobs keys create --worker W)")
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    key_hash: str
+    principal: Principal
+
+
+class ApiKeys:
+    """The ``api_keys`` table, and a short cache so a busy key costs no query per request.
+
+    A revoked key stops working within ``cache_ttl`` seconds in every server process.
+    ``last_used_at`` is written at most once per ``touch_every`` seconds per key.
+    """
+
+    def __init__(self, store: JobStore, *, cache_ttl: float = 1.0, touch_every: float = 60.0):
+        self.store = store
+        self.touch_every = touch_every
+        self._cache: RefreshingCache[str, _Stored] = RefreshingCache(
+            self._load_many, ttl=cache_ttl, name="api-key", on_refresh=self._touch_many
+        )
+        self._verified: set[str] = set()
+        self._touched: dict[str, float] = {}
+        self._ready = False
+        self._lock = threading.Lock()
+
+    # -- managing keys ---------------------------------------------------------------------
+
+    def create(
+        self, scope: Scope, subject: str | None = None, label: str | None = None
+    ) -> tuple[ApiKey, str]:
+        """A new key: its record, and the key itself (shown once, never stored)."""
+        if scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r}; use one of {', '.join(SCOPES)}")
+        if (scope == "admin") != (subject is None):
+            raise ValueError("worker and user keys need a subject (the worker or user id); "
+                             "admin keys take none")
+        key_id = secrets.token_hex(6)
+        key = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+        record = ApiKey(key_id, scope, subject, label, utc_now())
+        values = {"id": key_id, "key_hash": hash_key(key), "scope": scope, "subject": subject,
+                  "label": label, "created_at": record.created_at}
+        with self._begin() as connection:
+            connection.execute(API_KEYS.insert().values(values))
+        return record, key
+
+    def revoke(self, key_id: str) -> ApiKey | None:
+        """Revoke a key (kept for the record); None when there is no such key."""
+        with self._begin() as connection:
+            connection.execute(
+                update(API_KEYS)
+                .where(API_KEYS.c.id == key_id, API_KEYS.c.revoked_at.is_(None))
+                .values(revoked_at=utc_now())
+            )
+        self._cache.drop(key_id)
+        return self.get(key_id)
+
+    def get(self, key_id: str) -> ApiKey | None:
+        with self._connect() as connection:
+            row = connection.execute(select(API_KEYS).where(API_KEYS.c.id == key_id)).first()
+        return ApiKey.from_row(row) if row is not None else None
+
+    def list_keys(self) -> list[ApiKey]:
+        with self._connect() as connection:
+            rows = connection.execute(select(API_KEYS).order_by(API_KEYS.c.created_at))
+            return [ApiKey.from_row(row) for row in rows]
+
+    # -- checking keys ---------------------------------------------------------------------
+
+    async def verify(self, key: str) -> Principal | None:
+        """The key's principal, or None for an unknown, malformed or revoked key.
+
+        Served from the cache; a miss is read together with the other misses of the
+        moment. ``last_used_at`` is written by the cache's next refresh.
+        """
+        key_id = _key_id(key)
+        if key_id is None:
+            return None
+        return self._match(key_id, await self._cache.get(key_id), key)
+
+    def check(self, key: str) -> Principal | None:
+        """The key's principal, or None for an unknown, malformed or revoked key (blocking)."""
+        key_id = _key_id(key)
+        if key_id is None:
+            return None
+        principal = self._match(key_id, self._cache.load(key_id), key)
+        if principal is not None:
+            self._touch_many([key_id])
+        return principal
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def _match(self, key_id: str, stored: _Stored | None, key: str) -> Principal | None:
+        if stored is None or not hmac.compare_digest(stored.key_hash, hash_key(key)):
+            return None
+        self._verified.add(key_id)
+        return stored.principal
+
+    def _load_many(self, key_ids: list[str]) -> dict[str, _Stored]:
+        query = select(API_KEYS).where(API_KEYS.c.id.in_(key_ids),
+                                       API_KEYS.c.revoked_at.is_(None))
+        with self._connect() as connection:
+            return {row.id: _Stored(row.key_hash, Principal(row.id, row.scope, row.subject))
+                    for row in connection.execute(query)}
+
+    def _touch_many(self, key_ids: list[str]) -> None:
+        """Write ``last_used_at`` of keys verified since, at most once per ``touch_every``."""
+        now = time.monotonic()
+        due = [key_id for key_id in key_ids if key_id in self._verified
+               and now - self._touched.get(key_id, -self.touch_every) >= self.touch_every]
+        if not due:
+            return
+        for key_id in due:
+            self._verified.discard(key_id)
+            self._touched[key_id] = now
+        with self._begin() as connection:
+            connection.execute(
+                update(API_KEYS).where(API_KEYS.c.id.in_(due)).values(last_used_at=utc_now())
+            )
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _ensure_ready(self) -> None:
+        """Let the store create a new SQLite database's tables (it has no public hook)."""
+        if not self._ready:
+            with self._lock:
+                if not self._ready:
+                    self.store.count_jobs(job_type="")
+                    self._ready = True
+
+    def _connect(self) -> Any:
+        self._ensure_ready()
+        return self.store.engine.connect()
+
+    def _begin(self) -> Any:
+        self._ensure_ready()
+        return self.store.engine.begin()
+
+
+# -- FastAPI dependencies --------------------------------------------------------------------
+
+_MISSING = "missing API key: send 'Authorization: Bearer <key>' (an admin creates keys with " \
+           "'morag-jobs keys create')"
+_INVALID = "invalid or revoked API key: check the key, or ask an admin for a new one " \
+           "('morag-jobs keys create')"
+
+
+def _unauthorized(detail: str, error: str | None = None) -> HTTPException:
+    challenge = "Bearer" if error is None else f'Bearer error="{error}"'
+    return HTTPException(401, detail, headers={"WWW-Authenticate": challenge})
+
+
+def bearer_token(request: Request) -> str | None:
+    """The key in ``Authorization: Bearer <key>``, else None."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+async def principal_of(request: Request, key: str | None) -> Principal:
+    """The principal of ``key``; 401 (with ``WWW-Authenticate: Bearer``) when there is none."""
+    if not key:
+        raise _unauthorized(_MISSING)
+    keys: ApiKeys = request.app.state.morag.keys
+    found = await keys.verify(key)
+    if found is None:
+        raise _unauthorized(_INVALID, "invalid_token")
+    return found
+
+
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+
+
+async def authenticate(request: Request, credentials: Bearer) -> Principal:
+    """The caller's principal from ``Authorization: Bearer``; 401 when missing or invalid."""
+    return await principal_of(request, credentials.credentials if credentials else None)
+
+
+async def authenticate_stream(
+    request: Request,
+    credentials: Bearer,
+    access_token: Annotated[str | None, Security(QUERY_TOKEN)],
+) -> Principal:
+    """Like :func:`authenticate`, also accepting ``?access_token=`` (for EventSource)."""
+    return await principal_of(request, credentials.credentials if credentials else access_token)

@@ -1,0 +1,106 @@
+"""Reading jobs: ``GET /api/v1/jobs``, ``/api/v1/jobs/{id}`` and its history.
+
+User keys see only their user's jobs: someone else's job answers 404, exactly as a job
+that does not exist, so a key learns nothing about jobs it may not read. Worker keys
+read nothing (403); admin keys read everything.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+
+from morag_jobs.api.auth import Principal, authenticate
+from morag_jobs.api.remote import JobId
+from morag_jobs.api.schemas import (
+    BIGINT_MAX,
+    ID_PATTERN,
+    EventOut,
+    EventPage,
+    JobOut,
+    JobPage,
+    errors,
+)
+from morag_jobs.store import Job, JobStatus, JobStore
+
+__all__ = ["router"]
+
+Sort = Literal[
+    "created_at", "-created_at", "updated_at", "-updated_at",
+    "percentage", "-percentage", "status", "-status",
+]
+Filter = Annotated[str | None, Query(min_length=1, max_length=255, pattern=ID_PATTERN)]
+
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+
+
+def _store(request: Request) -> JobStore:
+    return request.app.state.morag.store  # type: ignore[no-any-return]
+
+
+def _readable(request: Request, principal: Principal, job_id: str) -> Job:
+    principal.require_reader()
+    job = _store(request).get_job(job_id)
+    if job is None or not principal.may_read(job):
+        raise HTTPException(404, f"no job {job_id!r} that this key may read; check the id")
+    return job
+
+
+@router.get("", response_model=JobPage, responses=errors(401, 403, 422, 503), summary="List jobs")
+def list_jobs(
+    *,
+    request: Request,
+    principal: Annotated[Principal, Depends(authenticate)],
+    status: Annotated[list[JobStatus] | None, Query(description="Any of these statuses.")] = None,
+    type: Filter = None,
+    user: Filter = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    sort: Annotated[Sort, Query(description="A field; '-' first for descending.")]
+    = "-created_at",
+) -> Any:
+    """Jobs matching every filter, newest first by default, a page at a time.
+
+    A user key sees only its own user's jobs (a ``user`` filter naming another user
+    gives an empty page); **403** for worker keys.
+    """
+    principal.require_reader()
+    if principal.scope == "user":
+        if user is not None and user != principal.subject:
+            return JobPage(items=[], total=0, limit=limit, offset=offset)
+        user = principal.subject
+    filters: dict[str, Any] = {"status": status or None, "user_id": user, "job_type": type}
+    store = _store(request)
+    jobs = store.list_jobs(**filters, limit=limit, offset=offset, order_by=sort)
+    total = store.count_jobs(**filters)
+    return JobPage(items=[JobOut.of(job) for job in jobs], total=total, limit=limit,
+                   offset=offset)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=errors(401, 403, 404, 422, 503),
+            summary="One job")
+def get_job(
+    job_id: JobId, request: Request, principal: Annotated[Principal, Depends(authenticate)]
+) -> Any:
+    """The job as stored. **404** when there is none or the key may not read it."""
+    return JobOut.of(_readable(request, principal, job_id))
+
+
+@router.get("/{job_id}/events", response_model=EventPage,
+            responses=errors(401, 403, 404, 422, 503), summary="A job's history")
+def job_events(
+    job_id: JobId,
+    request: Request,
+    principal: Annotated[Principal, Depends(authenticate)],
+    after_id: Annotated[int | None, Query(ge=0, le=BIGINT_MAX,
+                                          description="Only events after this one.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Any:
+    """The job's history (every applied update), oldest first, a page at a time."""
+    _readable(request, principal, job_id)
+    events = _store(request).get_events(job_id, limit=limit + 1, after_id=after_id)
+    page = events[:limit]
+    more = len(events) > limit
+    return EventPage(items=[EventOut.of(event) for event in page],
+                     next_after_id=page[-1].id if more else None)

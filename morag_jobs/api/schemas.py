@@ -1,0 +1,241 @@
+"""The HTTP API's request and response bodies (pydantic 2), and their OpenAPI error answers.
+
+Request bodies are strict: unknown fields, strings where numbers belong, NaN and
+infinity are refused with 422 before anything is written. Strings are checked for what
+the database cannot store (NUL characters, lone surrogates), so a bad body is a 4xx,
+never a 500 from the driver.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from morag_jobs.store import Job, JobEventRecord, JobStatus
+
+__all__ = [
+    "BIGINT_MAX",
+    "ERRORS",
+    "MAX_ID_LENGTH",
+    "Completion",
+    "ErrorBody",
+    "EventOut",
+    "EventPage",
+    "Health",
+    "JobOut",
+    "JobPage",
+    "ProgressUpdate",
+    "UpdateAccepted",
+    "ValidationErrorBody",
+    "errors",
+    "storable_text",
+]
+
+MAX_ID_LENGTH = 64
+BIGINT_MAX = 2**63 - 1
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+"""Path and query identifiers: printable characters (no control characters, no NUL)."""
+
+
+def storable_text(value: str) -> str:
+    """Refuse text a database cannot store: NUL (PostgreSQL) and lone surrogates (UTF-8)."""
+    if "\x00" in value:
+        raise ValueError("text cannot contain NUL characters (\\u0000); remove them")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (no lone surrogates); fix its encoding")\
+            from None
+    return value
+
+
+Text = Annotated[str, Field(strict=True), AfterValidator(storable_text)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+class ProgressUpdate(_Strict):
+    """A remote worker's progress report (seed 004's body, plus stage, counts and sequence)."""
+
+    percentage: Annotated[
+        float,
+        Field(strict=True, ge=0, le=100, allow_inf_nan=False,
+              description="Progress 0-100 (of the stage when `stage` is given, else overall). "
+                          "NaN, infinity, negatives and values above 100 are refused."),
+    ]
+    message: Annotated[Text, Field(max_length=4096, description="What the worker is doing.")]
+    timestamp: Annotated[
+        datetime,
+        Field(description="When the worker measured this progress (ISO 8601; no zone = UTC). "
+                          "Reports older than the last applied one are ignored."),
+    ]
+    stage: Annotated[
+        Annotated[Text, Field(min_length=1, max_length=128)] | None,
+        Field(description="Stage this percentage is relative to."),
+    ] = None
+    current: Annotated[StrictInt | None, Field(ge=0, le=BIGINT_MAX)] = None
+    total: Annotated[StrictInt | None, Field(ge=1, le=BIGINT_MAX)] = None
+    sequence: Annotated[
+        StrictInt | None,
+        Field(ge=0, le=BIGINT_MAX,
+              description="Increasing number per job; a report whose sequence is not above "
+                          "the last applied one is a no-op (safe retries)."),
+    ] = None
+
+
+def storable_json(value: Any, depth: int = 0) -> Any:
+    """JSON a database can store: finite numbers, storable text, at most 32 levels deep."""
+    if depth > 32:
+        raise ValueError("nested deeper than 32 levels; flatten it")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("contains NaN or infinity; send finite numbers")
+    if isinstance(value, str):
+        storable_text(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            storable_text(key)
+            storable_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            storable_json(item, depth + 1)
+    return value
+
+
+class Completion(_Strict):
+    """A remote worker's end of a job: success or failure, a message, an optional result."""
+
+    success: StrictBool
+    message: Annotated[Text, Field(max_length=4096)] = ""
+    result: Annotated[
+        dict[str, Any] | None,
+        Field(description="Stored in the job's metadata under `result`."),
+        AfterValidator(storable_json),
+    ] = None
+
+
+class UpdateAccepted(BaseModel):
+    """What became of a progress report."""
+
+    job_id: str
+    outcome: Literal["queued", "applied", "stale", "duplicate", "stage_behind"] = Field(
+        description="`queued`: accepted, written within the coalescing interval; `applied`: "
+                    "written (with ?wait=true); `stale`/`duplicate`/`stage_behind`: a no-op."
+    )
+    job: JobOut | None = Field(None, description="The job as written (with ?wait=true).")
+
+
+class JobOut(BaseModel):
+    """One job as stored."""
+
+    id: str
+    name: str | None = None
+    job_type: str | None = None
+    user_id: str | None = None
+    status: JobStatus
+    percentage: float
+    stage: str | None = None
+    stage_percent: float | None = None
+    current: int | None = None
+    total: int | None = None
+    summary: str = ""
+    error: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    stages: list[tuple[str, float, float]] | None = None
+    worker_id: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
+    last_progress_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    last_event_at: datetime | None = None
+    last_sequence: int | None = None
+    version: int
+    ignored_count: int = 0
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        return cls.model_validate(job_json(job))
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    """A job as the API shows it (JSON-ready): the row without its webhook URL."""
+    data = job.to_dict()
+    data.pop("webhook_url", None)
+    return data
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int = Field(description="Jobs matching the filters, over all pages.")
+    limit: int
+    offset: int
+
+
+class EventOut(BaseModel):
+    """One applied update in a job's history."""
+
+    id: int
+    job_id: str
+    at: datetime
+    percentage: float | None = None
+    stage: str | None = None
+    stage_percent: float | None = None
+    current: int | None = None
+    total: int | None = None
+    message: str | None = None
+    status: JobStatus | None = None
+    source: str
+    kind: str
+
+    @classmethod
+    def of(cls, event: JobEventRecord) -> EventOut:
+        return cls.model_validate(event.to_dict())
+
+
+class EventPage(BaseModel):
+    items: list[EventOut]
+    next_after_id: int | None = Field(
+        description="Pass as `after_id` for the next page; null when this page is the last."
+    )
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    database: str = Field(description="The database URL, password masked.")
+
+
+class ErrorBody(BaseModel):
+    """Every error: one sentence saying what was wrong and what to do."""
+
+    detail: str
+
+
+class ValidationErrorBody(ErrorBody):
+    """A 422: ``detail`` sums it up, ``errors`` lists each bad field."""
+
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+
+
+ERRORS: dict[int, tuple[type[BaseModel], str]] = {
+    401: (ErrorBody, "No API key, or one that is unknown or revoked (WWW-Authenticate: Bearer)."),
+    403: (ErrorBody, "The key may not do this (its scope or its worker does not allow it)."),
+    404: (ErrorBody, "No such job, or one this key may not read (existence is not revealed)."),
+    409: (ErrorBody, "The job has already ended; it takes no more progress."),
+    413: (ErrorBody, "The request body is larger than the server's limit."),
+    422: (ValidationErrorBody, "The request is malformed: see `detail` and `errors`."),
+    503: (ErrorBody, "The job database is unreachable; retry after `Retry-After` seconds."),
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` entry documenting these error codes."""
+    return {code: {"model": ERRORS[code][0], "description": ERRORS[code][1]} for code in codes}
+
+
+UpdateAccepted.model_rebuild()

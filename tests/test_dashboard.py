@@ -1,0 +1,217 @@
+"""The dashboard (``GET /``): served safely, and live in a real browser.
+
+The browser test drives Debian's Chromium (``/usr/bin/chromium``, never a downloaded
+one) with Playwright against the real server (uvicorn in a thread): progress reported
+through ``PUT /api/v1/remote-jobs/{id}/progress`` moves the job's bar without a reload,
+and the job's detail view shows its history as a timeline.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from playwright.sync_api import sync_playwright
+
+from morag_jobs.api import dashboard
+from morag_jobs.api.app import create_app
+from morag_jobs.api.auth import ApiKeys
+from morag_jobs.store import JobStore
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOT = Path("/tmp/dashboard.png")
+WAIT_MS = 10_000
+
+
+def dashboard_app(store: JobStore) -> FastAPI:
+    """The API with the dashboard; fast stream polling so the test does not wait."""
+    app = create_app(store=store, stream_poll_interval=0.1,
+                     write_interval=0.05, heartbeat_interval=2.0)
+    if not any(getattr(route, "path", None) == "/" for route in app.routes):
+        app.include_router(dashboard.router)  # until create_app includes it itself
+    return app
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> Iterator[JobStore]:
+    with JobStore(sqlite_url, create_tables=True) as job_store:
+        yield job_store
+
+
+# -- the page as HTTP ---------------------------------------------------------------------
+
+
+def test_page_and_assets_are_served_with_a_strict_content_security_policy(
+    store: JobStore,
+) -> None:
+    with TestClient(dashboard_app(store)) as client:
+        page = client.get("/")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        policy = page.headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+        assert page.headers["referrer-policy"] == "no-referrer"
+        assert 'src="static/dashboard.js"' in page.text
+        assert "http://" not in page.text and "https://" not in page.text, "no CDN"
+        script = client.get("/static/dashboard.js")
+        assert script.headers["content-type"].startswith("text/javascript")
+        assert "EventSource" in script.text and "innerHTML" not in script.text
+        assert client.get("/static/dashboard.css").status_code == 200
+        again = client.get("/", headers={"if-none-match": page.headers["etag"]})
+        assert again.status_code == 304
+        missing = client.get("/static/../app.py")
+        assert missing.status_code == 404
+        assert client.get("/static/secrets.txt").status_code == 404
+        paths = client.get("/openapi.json").json()["paths"]
+        assert "/" not in paths and "/static/{name}" not in paths, "the page is not API"
+
+
+# -- the page in a browser ----------------------------------------------------------------
+
+
+def chromium_or_skip() -> None:
+    if CHROMIUM.exists():
+        return
+    reason = f"{CHROMIUM} is missing: install Debian's browser with `apt-get install -y chromium`"
+    if os.environ.get("MORAG_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason} (MORAG_REQUIRE_SERVICES=1 makes this a failure)")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def server(store: JobStore) -> Iterator[str]:
+    """The app served by uvicorn on a free loopback port; yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(dashboard_app(store), log_level="warning", ws="none",
+                            lifespan="on", timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+def report(client: httpx.Client, job_id: str, percentage: float, message: str,
+           stage: str | None = None) -> None:
+    body: dict[str, Any] = {"percentage": percentage, "message": message,
+                            "timestamp": datetime.now(UTC).isoformat()}
+    if stage is not None:
+        body["stage"] = stage
+    response = client.put(f"/api/v1/remote-jobs/{job_id}/progress?wait=true", json=body)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.browser
+def test_progress_moves_the_bar_live_and_the_detail_shows_the_timeline(
+    store: JobStore, server: str
+) -> None:
+    chromium_or_skip()
+    _, admin = ApiKeys(store).create("admin", label="dashboard test")
+    job = store.create_job(name="keynote.mp4", job_type="video", user_id="ana")
+    done = store.create_job(name="interview.mp3", job_type="audio", user_id="ben")
+    store.update_job(done.id, lambda j: ({"status": "FINISHED", "percentage": 100.0,
+                                          "summary": "transcript indexed"}, None))
+    api = httpx.Client(base_url=server, headers={"Authorization": f"Bearer {admin}"},
+                       timeout=10)
+    report(api, job.id, 5, "Downloading")
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                             args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 560})
+            problems: list[str] = []
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+            page.goto(server + "/")
+
+            # A refused key is said so, and the key is asked for again.
+            page.fill("#api-key", "mjk_nope_nope")
+            page.click("[data-testid=save-key]")
+            page.wait_for_selector("[data-testid=key-error]", state="visible", timeout=WAIT_MS)
+            problems.clear()  # the browser logs the 401 itself
+
+            page.fill("#api-key", admin)
+            page.click("[data-testid=save-key]")
+            bar = f'[data-job-id="{job.id}"] .bar'
+            page.wait_for_selector(bar, timeout=WAIT_MS)
+            page.wait_for_selector("[data-testid=connection][data-state=live]", timeout=WAIT_MS)
+            assert page.evaluate("localStorage.getItem('morag-jobs.api-key')") == admin
+            page.evaluate("window.notReloaded = true")
+            assert page.inner_text(f'[data-job-id="{done.id}"] .pct') == "100.0%"
+
+            report(api, job.id, 45, "Transcribing chunk 3 of 8", stage="transcription")
+            wait_for_bar(page, job.id, "45%", "45.0%")
+            row = f'[data-job-id="{job.id}"]'
+            assert page.inner_text(f"{row} .message") == "Transcribing chunk 3 of 8"
+            assert page.inner_text(f"{row} .status") == "PROCESSING"
+
+            time.sleep(0.3)  # let the ETA see progress over time
+            report(api, job.id, 60, "Transcribing chunk 5 of 8", stage="transcription")
+            wait_for_bar(page, job.id, "60%", "60.0%")
+            page.wait_for_function(
+                "s => /^~\\d/.test(document.querySelector(s).textContent)",
+                arg=f"{row} .eta", timeout=WAIT_MS,
+            )
+            assert page.inner_text(f'[data-job-id="{done.id}"] .eta') == "—"
+            assert page.evaluate("window.notReloaded") is True, "the page was reloaded"
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+            page.click(f"{row} .message")
+            page.wait_for_selector("[data-testid=job-detail]", state="visible", timeout=WAIT_MS)
+            assert page.inner_text("[data-testid=detail-title]") == "keynote.mp4"
+            page.wait_for_function(
+                "() => document.querySelectorAll('[data-testid=timeline-item]').length >= 3",
+                timeout=WAIT_MS,
+            )
+            timeline = page.inner_text("[data-testid=timeline]")
+            assert "Transcribing chunk 3 of 8" in timeline and "45.0%" in timeline
+
+            report(api, job.id, 80, "Indexing transcript", stage="indexing")
+            page.wait_for_function(
+                "() => document.querySelector('[data-testid=detail-bar]').style.width === '80%'"
+                " && document.querySelector('[data-testid=timeline-item]')"
+                ".textContent.includes('Indexing transcript')",
+                timeout=WAIT_MS,
+            )
+            assert page.evaluate("window.notReloaded") is True, "the page was reloaded"
+            page.screenshot(path=str(SCREENSHOT.with_name("dashboard-detail.png")),
+                            full_page=True)
+            assert not problems, f"errors in the page: {problems}"
+        finally:
+            browser.close()
+            api.close()
+
+
+def wait_for_bar(page: Any, job_id: str, width: str, text: str) -> None:
+    page.wait_for_function(
+        """([id, width, text]) => {
+            const row = document.querySelector(`[data-job-id="${id}"]`);
+            return row && row.querySelector('.bar').style.width === width
+                && row.querySelector('.pct').textContent === text;
+        }""",
+        arg=[job_id, width, text], timeout=WAIT_MS,
+    )
+    assert re.fullmatch(r"\d+(\.\d)?%", text)
