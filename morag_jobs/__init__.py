@@ -17,6 +17,7 @@ from morag_jobs.errors import (
     StoreUnavailable,
 )
 from morag_jobs.events import ProgressEvent
+from morag_jobs.follow import FollowerStats, LogFollower
 from morag_jobs.handler import ApplyResult, HandlerStats, ProgressHandler
 from morag_jobs.parser import ParserStats, ProgressEventParser
 from morag_jobs.stages import StagePlan, get_stage_plan, register_stage_plan
@@ -30,6 +31,7 @@ except PackageNotFoundError:  # running from a checkout that was never installed
 __all__ = [
     "ApplyResult",
     "ConcurrencyConflict",
+    "FollowerStats",
     "HandlerStats",
     "InvalidProgress",
     "Job",
@@ -38,6 +40,7 @@ __all__ = [
     "JobNotFound",
     "JobStatus",
     "JobStore",
+    "LogFollower",
     "MoragJobsError",
     "NoJobContext",
     "ParserStats",

@@ -5,7 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["DEFAULT_DATABASE_URL", "database_url", "log_level", "pattern_dirs", "webhook_secret"]
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "database_url",
+    "demo_broker",
+    "demo_directory",
+    "log_level",
+    "pattern_dirs",
+    "webhook_secret",
+]
 
 DEFAULT_DATABASE_URL = "sqlite:///morag_jobs.db"
 
@@ -29,3 +37,14 @@ def log_level() -> str:
 def webhook_secret() -> str | None:
     """``MORAG_WEBHOOK_SECRET``: the ``whsec_<base64>`` key webhooks are signed with."""
     return os.environ.get("MORAG_WEBHOOK_SECRET") or None
+
+
+def demo_directory() -> Path | None:
+    """``MORAG_DEMO_DIR``: where ``morag-jobs demo`` keeps its embedded broker and results."""
+    raw = os.environ.get("MORAG_DEMO_DIR")
+    return Path(raw) if raw else None
+
+
+def demo_broker() -> str | None:
+    """``MORAG_DEMO_BROKER``: a broker URL for the demo instead of the embedded one."""
+    return os.environ.get("MORAG_DEMO_BROKER") or None

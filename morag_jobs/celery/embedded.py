@@ -23,8 +23,9 @@ def embedded_settings(directory: str | Path) -> dict[str, Any]:
     root = Path(directory).resolve()
     queue = root / "broker" / "queue"
     processed = root / "broker" / "processed"
+    control = root / "broker" / "control"
     results = root / "results"
-    for folder in (queue, processed, results):
+    for folder in (queue, processed, control, results):
         folder.mkdir(parents=True, exist_ok=True)
     return {
         "broker_url": "filesystem://",
@@ -32,6 +33,7 @@ def embedded_settings(directory: str | Path) -> dict[str, Any]:
             "data_folder_in": str(queue),
             "data_folder_out": str(queue),
             "processed_folder": str(processed),
+            "control_folder": str(control),  # else kombu writes ./control in the cwd
             "store_processed": False,
         },
         "result_backend": f"file://{results}",

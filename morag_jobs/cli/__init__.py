@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from morag_jobs import __version__
-from morag_jobs.cli import db, keys, parse, reap, serve
+from morag_jobs.cli import db, demo, jobs, keys, parse, reap, serve, tail
 from morag_jobs.cli import webhooks as webhooks_cli
 from morag_jobs.logs import configure_logging
 
@@ -22,12 +22,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command("status")(jobs.status)
+app.command("list")(jobs.list_jobs)
+app.command("history")(jobs.history)
+app.command("cancel")(jobs.cancel)
+app.command("demo")(demo.demo)
 app.command("parse")(parse.parse)
 app.add_typer(db.app, name="db")
-app.command("reap")(reap.reap)
 app.command("serve")(serve.serve)
 app.add_typer(keys.app, name="keys")
 app.add_typer(webhooks_cli.app, name="webhooks")
+app.command("reap")(reap.reap)
+app.command("tail")(tail.tail)
 
 
 def _print_version(value: bool) -> None:

@@ -1,0 +1,59 @@
+"""``morag-jobs demo``: the main job, out of the box, end to end with a real worker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+DEMO_LIMIT = 90  # seconds: the demo promises under a minute
+
+
+def _demo(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "morag_jobs", "demo", "--seconds", "3",
+                             *args], capture_output=True, text=True, timeout=DEMO_LIMIT,
+                            check=False)
+    return result, time.monotonic() - started
+
+
+def _no_worker_left() -> bool:
+    found = subprocess.run(["pgrep", "-f", "celery -A morag_jobs.demo worker"],
+                           capture_output=True, text=True, check=False)
+    return found.stdout.strip() == ""
+
+
+def _assert_all_sources_finished(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, f"demo failed:\n{result.stdout}\n{result.stderr}"
+    out = result.stdout
+    for name in ("callbacks + stage plan", "log lines only", "subprocess with a tqdm bar",
+                 "remote GPU transcription"):
+        row = next((line for line in out.splitlines() if name in line and "FINISHED" in line),
+                   None)
+        assert row is not None, f"no FINISHED row for {name!r} in:\n{out}"
+        assert "100.0%" in row, f"{name!r} should end at 100%: {row}"
+    assert "all jobs ended" in out
+
+
+def test_demo_runs_every_source_on_the_embedded_default() -> None:
+    result, took = _demo()
+    _assert_all_sources_finished(result)
+    assert took < DEMO_LIMIT
+    assert _no_worker_left(), "the demo must leave no worker running"
+
+
+def test_demo_runs_on_redis_and_postgresql(postgres_url: str, redis_url: str) -> None:
+    result, _ = _demo("--broker", redis_url.rsplit("/", 1)[0] + "/13",
+                      "--database", postgres_url)
+    _assert_all_sources_finished(result)
+    assert "postgresql+psycopg" in result.stdout
+    assert _no_worker_left()
+
+
+@pytest.mark.parametrize("seconds", ["0", "100"])
+def test_demo_refuses_silly_durations(seconds: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "morag_jobs", "demo", "--seconds", seconds],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2
