@@ -102,6 +102,10 @@ class Prefix:
     origin: str
 
 
+_JSON_ROLES = ("message", "percent", "fraction_or_percent", "current", "total", "stage",
+               "timestamp", "level", "logger", "task_id", "job_id", "worker_id")
+
+
 @dataclass(frozen=True, slots=True)
 class JsonRules:
     """Which JSON fields carry the message, the progress and the line's identity."""
@@ -124,6 +128,14 @@ class JsonRules:
     @property
     def progress_keys(self) -> tuple[str, ...]:
         return self.percent + self.fraction_or_percent + self.current
+
+    def roles(self) -> dict[str, tuple[str, int]]:
+        """Field name -> (what it carries, rank among that role's names; lower wins)."""
+        roles: dict[str, tuple[str, int]] = {}
+        for role in _JSON_ROLES:
+            for rank, name in enumerate(getattr(self, role)):
+                roles.setdefault(name, (role, rank))
+        return roles
 
     def trigger(self) -> Prefilter:
         """What every JSON line whose fields carry progress contains."""

@@ -27,7 +27,6 @@ import structlog
 from morag_jobs import settings
 from morag_jobs.events import ProgressEvent, utc_now
 from morag_jobs.packs import (
-    JsonRules,
     Pattern,
     PatternSet,
     Prefilter,
@@ -98,6 +97,7 @@ class ProgressEventParser:
         self.stats = ParserStats()
         self._prefixes = tuple(prefix.regex for prefix in self.patterns.prefixes)
         self._rules = self.patterns.json
+        self._json_roles = self._rules.roles()
         self._table = tuple(
             (
                 p.prefilter.literal if p.prefilter else None,
@@ -289,15 +289,15 @@ class ProgressEventParser:
     def _parse_mapping(
         self, data: Mapping[str, Any], fields: dict[str, Any], raw: str, now: datetime | None
     ) -> ProgressEvent | None:
-        rules = self._rules
+        found = _pick(data, self._json_roles)
         merged = dict(fields)
         for key in _JSON_IDENTITY:
-            value = _first(data, getattr(rules, key))
+            value = found.get(key)
             if value is not None:
                 merged[key] = value if key == "timestamp" else str(value)
-        values = _json_progress(data, rules)
-        message = _first(data, rules.message)
+        message = found.get("message")
         message = message if isinstance(message, str) else ""
+        values = _json_progress(found, message)
         if values is None:
             found = self._match(message.split("\r")[-1]) if message else None
             if found is None:
@@ -358,12 +358,21 @@ def _minimal_triggers(prefilters: Iterable[Prefilter]) -> list[Prefilter]:
     ]
 
 
-def _first(data: Mapping[str, Any], names: Sequence[str]) -> Any:
-    for name in names:
-        value = data.get(name)
-        if value is not None:
-            return value
-    return None
+def _pick(data: Mapping[str, Any], roles: Mapping[str, tuple[str, int]]) -> dict[str, Any]:
+    """Role -> value in one pass over the fields; of two names for a role, the [json]
+    rules' earlier one wins (``event`` before ``message``)."""
+    found: dict[str, Any] = {}
+    ranks: dict[str, int] = {}
+    get = roles.get
+    for key, value in data.items():
+        role = get(key) if key.__class__ is str else None
+        if role is None or value is None:
+            continue
+        name, rank = role
+        if rank < ranks.get(name, 1 << 30):
+            found[name] = value
+            ranks[name] = rank
+    return found
 
 
 def _number(value: Any, name: str) -> float:
@@ -378,30 +387,29 @@ def _number(value: Any, name: str) -> float:
     return float(value)
 
 
-def _json_progress(data: Mapping[str, Any], rules: JsonRules) -> dict[str, Any] | None:
+def _json_progress(found: Mapping[str, Any], message: str) -> dict[str, Any] | None:
     """Progress carried by the fields themselves, or None when the fields carry none."""
     values: dict[str, Any] = {}
-    percent = _first(data, rules.percent)
+    percent = found.get("percent")
     if percent is not None:
         values["percent"] = _number(percent, "percent")
     else:
-        progress = _first(data, rules.fraction_or_percent)
+        progress = found.get("fraction_or_percent")
         if progress is not None:
             number = _number(progress, "progress")
             values["percent"] = number * 100.0 if number <= 1.0 else number
-    current = _first(data, rules.current)
-    total = _first(data, rules.total)
+    current = found.get("current")
     if current is not None:
         values["current"] = int(_number(current, "current"))
+        total = found.get("total")
         if total is not None:
             values["total"] = int(_number(total, "total"))
-    stage = _first(data, rules.stage)
+    stage = found.get("stage")
     if isinstance(stage, str) and stage:
         values["stage"] = stage
     if "percent" not in values and "current" not in values:
         return None
-    message = _first(data, rules.message)
-    values["message"] = message if isinstance(message, str) else ""
+    values["message"] = message
     return _checked(values)
 
 
