@@ -37,7 +37,7 @@ if settings.demo_broker():
 app.conf.update(worker_hijack_root_logger=False, task_track_started=True,
                 morag_jobs_database_url=settings.database_url())
 install(app, stage_plans={"audio": AUDIO_PLAN}, interval=0.2, heartbeat_interval=2.0)
-log = get_task_logger(__name__)
+log = get_task_logger("demo.tasks")  # not "morag_jobs.*": the log tap ignores its own package
 
 
 @app.task

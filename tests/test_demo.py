@@ -5,8 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+
+from morag_jobs import JobStore
+from tests.celery_app import fresh_postgres_schema
 
 DEMO_LIMIT = 90  # seconds: the demo promises under a minute
 
@@ -37,19 +41,34 @@ def _assert_all_sources_finished(result: subprocess.CompletedProcess[str]) -> No
     assert "all jobs ended" in out
 
 
-def test_demo_runs_every_source_on_the_embedded_default() -> None:
-    result, took = _demo()
+def _assert_every_source_moved_its_job(store: JobStore) -> None:
+    """Completion sets 100%: each job must also show progress from its own source first."""
+    jobs = store.list_jobs(limit=10)
+    assert len(jobs) == 4
+    for job in jobs:
+        steps = [e.percentage for e in store.get_events(job.id)
+                 if e.kind == "progress" and e.percentage is not None]
+        assert any(0 < p < 100 for p in steps), (
+            f"job {job.name!r} showed no progress of its own before completing: {steps}")
+
+
+def test_demo_runs_every_source_on_the_embedded_default(tmp_path: Path) -> None:
+    result, took = _demo("--keep", str(tmp_path))
     _assert_all_sources_finished(result)
     assert took < DEMO_LIMIT
     assert _no_worker_left(), "the demo must leave no worker running"
+    with JobStore(f"sqlite:///{tmp_path / 'jobs.db'}") as store:
+        _assert_every_source_moved_its_job(store)
 
 
 def test_demo_runs_on_redis_and_postgresql(postgres_url: str, redis_url: str) -> None:
-    result, _ = _demo("--broker", redis_url.rsplit("/", 1)[0] + "/13",
-                      "--database", postgres_url)
+    database = fresh_postgres_schema(postgres_url)
+    result, _ = _demo("--broker", redis_url.rsplit("/", 1)[0] + "/13", "--database", database)
     _assert_all_sources_finished(result)
     assert "postgresql+psycopg" in result.stdout
     assert _no_worker_left()
+    with JobStore(database) as store:
+        _assert_every_source_moved_its_job(store)
 
 
 @pytest.mark.parametrize("seconds", ["0", "100"])

@@ -31,6 +31,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from morag_jobs.cli._common import fail
 from morag_jobs.cli.jobs import jobs_table
+from morag_jobs.events import utc_now
 from morag_jobs.store import Job, JobStore
 
 DEADLINE = 55.0
@@ -109,10 +110,13 @@ def _remote_worker(base_url: str, key: str, job_id: str, seconds: float) -> None
         for step in range(1, steps + 1):
             client.put(f"/api/v1/remote-jobs/{job_id}/progress",
                        json={"percentage": step * 100 / steps, "sequence": step,
-                             "message": f"GPU transcribing chunk {step} of {steps}"})
+                             "timestamp": utc_now().isoformat(),
+                             "message": f"GPU transcribing chunk {step} of {steps}"},
+                       ).raise_for_status()
             time.sleep(seconds / steps)
         client.post(f"/api/v1/remote-jobs/{job_id}/complete",
-                    json={"success": True, "message": "remote transcription done"})
+                    json={"success": True, "message": "remote transcription done"},
+                    ).raise_for_status()
 
 
 def _watch(console: Console, store: JobStore, job_ids: list[str]) -> bool:
