@@ -13,11 +13,9 @@ import logging
 import os
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-import sqlalchemy
 from celery import Celery, Task
 from celery.utils.log import get_task_logger
 
@@ -31,6 +29,7 @@ from morag_jobs.celery import (
 )
 from morag_jobs.stages import StagePlan
 from morag_jobs.store import Job, JobEventRecord, JobStore
+from tests import services
 
 BROKER_URL = os.environ.get("MORAG_TEST_CELERY_BROKER_URL", "redis://127.0.0.1:6379/14")
 AUDIO = "morag_test.audio"  # a job type no other test uses: install() registers it process-wide
@@ -164,17 +163,8 @@ def crawl_acks_late(pages: int = 300, pause: float = 0.1) -> int:
 
 
 def fresh_postgres_schema(base_url: str) -> str:
-    """A new schema in the session database, migrated; the URL selects it."""
-    schema = f"c_{uuid.uuid4().hex[:12]}"
-    engine = sqlalchemy.create_engine(base_url)
-    with engine.begin() as connection:
-        connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    engine.dispose()
-    separator = "&" if "?" in base_url else "?"
-    url = f"{base_url}{separator}options=-csearch_path%3D{schema}"
-    with JobStore(url, create_tables=True) as store:
-        store.upgrade()
-    return url
+    """A new, migrated schema in the session database; the URL selects it."""
+    return services.fresh_postgres_schema(base_url, migrate=True)
 
 
 def wait_for_job(

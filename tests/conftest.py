@@ -6,46 +6,29 @@ Tests that need a service skip with the reason when it is down, unless
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
-import sqlalchemy
 
-REQUIRE_SERVICES = os.environ.get("MORAG_REQUIRE_SERVICES") == "1"
-POSTGRES_ADMIN_URL = os.environ.get(
-    "MORAG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+from tests.services import (
+    REDIS_URL,
+    admin_engine,
+    create_database,
+    drop_database,
+    fresh_postgres_schema,
+    service_missing,
 )
-REDIS_URL = os.environ.get("MORAG_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-def service_missing(name: str, error: BaseException) -> None:
-    """Skip (or, under MORAG_REQUIRE_SERVICES=1, fail) because a service is down."""
-    message = f"{name} is not reachable: {error}"
-    if REQUIRE_SERVICES:
-        pytest.fail(f"{message} (MORAG_REQUIRE_SERVICES=1 makes this a failure)")
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped at the end."""
-    pytest.importorskip("psycopg")
-    admin = sqlalchemy.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"morag_test_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except sqlalchemy.exc.OperationalError as error:
-        admin.dispose()
-        service_missing("PostgreSQL", error)
-    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    admin = admin_engine()
+    url, name = create_database(admin, "morag_test")
     try:
         yield url
     finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(admin, name)
         admin.dispose()
 
 
@@ -61,18 +44,7 @@ def database_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
     base = str(request.getfixturevalue("postgres_url"))
-    return _fresh_postgres_schema(base)
-
-
-def _fresh_postgres_schema(base_url: str) -> str:
-    """A new schema inside the session database, so tests never see each other's rows."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    engine = sqlalchemy.create_engine(base_url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    engine.dispose()
-    separator = "&" if "?" in base_url else "?"
-    return f"{base_url}{separator}options=-csearch_path%3D{schema}"
+    return fresh_postgres_schema(base)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from api_helpers import REPO, body, served
 from morag_jobs.api import ApiKeys
 from morag_jobs.cli.serve import _log_config
 from morag_jobs.store import JobStatus, JobStore
+from tests.services import fresh_postgres_schema
 
 
 def morag_jobs(*args: str) -> subprocess.CompletedProcess[str]:
@@ -59,9 +60,8 @@ def test_keys_commands_refuse_bad_arguments(sqlite_url: str) -> None:
 
 
 def test_keys_on_an_unmigrated_postgres_database_say_how_to_fix_it(postgres_url: str) -> None:
-    from conftest import _fresh_postgres_schema  # noqa: PLC0415 (a helper of the fixtures)
 
-    empty = _fresh_postgres_schema(postgres_url)
+    empty = fresh_postgres_schema(postgres_url)
     result = morag_jobs("keys", "create", "--worker", "w1", "--database", empty)
     assert result.returncode == 1 and "morag-jobs db upgrade" in result.stderr, result.stderr
 

@@ -16,13 +16,13 @@ import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
 from celery.result import AsyncResult
-from conftest import service_missing
 
 from morag_jobs.celery import submit
 from morag_jobs.store import Job, JobStatus, JobStore
 from morag_jobs.store.engine import masked_url, parse_url
 from tests import celery_app as tasks
 from tests.celery_app import AUDIO, AUDIO_PLAN, describe, history, wait_for_job
+from tests.services import service_missing
 
 pytestmark = [pytest.mark.celery, pytest.mark.redis, pytest.mark.postgres]
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import service_missing
 
 from morag_jobs.celery import submit
 from morag_jobs.celery.runtime import Runtime, RuntimeConfig, default_runtime, set_default_runtime
@@ -30,6 +29,7 @@ from morag_jobs.reaper import reap
 from morag_jobs.store import Job, JobStatus, JobStore
 from tests import celery_app as tasks
 from tests.celery_app import describe, history, wait_for_job
+from tests.services import service_missing
 
 pytestmark = [pytest.mark.celery, pytest.mark.redis, pytest.mark.postgres]
 

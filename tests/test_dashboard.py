@@ -8,7 +8,6 @@ and the job's detail view shows its history as a timeline.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import threading
@@ -29,6 +28,7 @@ from morag_jobs.api import dashboard
 from morag_jobs.api.app import create_app
 from morag_jobs.api.auth import ApiKeys
 from morag_jobs.store import JobStore
+from tests.services import service_missing
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -86,10 +86,8 @@ def test_page_and_assets_are_served_with_a_strict_content_security_policy(
 def chromium_or_skip() -> None:
     if CHROMIUM.exists():
         return
-    reason = f"{CHROMIUM} is missing: install Debian's browser with `apt-get install -y chromium`"
-    if os.environ.get("MORAG_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{reason} (MORAG_REQUIRE_SERVICES=1 makes this a failure)")
-    pytest.skip(reason)
+    service_missing("Chromium", FileNotFoundError(
+        f"{CHROMIUM} is missing: install Debian's browser with `apt-get install -y chromium`"))
 
 
 @pytest.fixture

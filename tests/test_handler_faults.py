@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
 import sqlalchemy as sa
-from conftest import POSTGRES_ADMIN_URL, service_missing
 from handler_helpers import progress_history
 from sqlalchemy.pool import NullPool
 
 from morag_jobs import ProgressEvent
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.store import JobStatus, JobStore
+from tests.services import admin_engine, create_database, drop_database
 
 pytestmark = pytest.mark.postgres
 
@@ -42,24 +41,14 @@ class FaultDatabase:
 @pytest.fixture
 def fault_db() -> Iterator[FaultDatabase]:
     """A fresh database of its own, migrated; always reopened and dropped at the end."""
-    pytest.importorskip("psycopg")
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    name = f"morag_fault_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except sa.exc.OperationalError as error:
-        admin.dispose()
-        service_missing("PostgreSQL", error)
-    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    admin = admin_engine()
+    url, name = create_database(admin, "morag_fault")
     try:
         with JobStore(url) as store:
             store.upgrade()
         yield FaultDatabase(url, name, admin)
     finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(admin, name)
         admin.dispose()
 
 

@@ -17,6 +17,7 @@ from morag_jobs.stages import StagePlan, clear_stage_plans, register_stage_plan
 from morag_jobs.store import Job, JobStatus, JobStore
 from morag_jobs.store.migrate import current_revision, head_revision
 from morag_jobs.store.models import Base
+from tests.services import fresh_postgres_schema
 
 PLAN = StagePlan({"download": (0, 10), "processing": (10, 70), "indexing": (70, 100)})
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -461,9 +462,8 @@ def test_migrations_create_exactly_the_models(store: JobStore) -> None:
 
 
 def test_postgresql_tables_are_not_created_implicitly(postgres_url: str) -> None:
-    from conftest import _fresh_postgres_schema  # noqa: PLC0415 (a helper of the fixtures)
 
-    with JobStore(_fresh_postgres_schema(postgres_url)) as store:
+    with JobStore(fresh_postgres_schema(postgres_url)) as store:
         with pytest.raises(sa.exc.ProgrammingError, match="jobs"):
             store.get_job("x")
         assert not sa.inspect(store.engine).has_table("jobs"), "PostgreSQL is migrated, not created"

@@ -1,0 +1,70 @@
+"""The real services the tests use, and throw-away databases on them.
+
+Imported by conftest.py (fixtures) and by test modules that need a database of their
+own. Tests that need a service skip with the reason when it is down, unless
+``MORAG_REQUIRE_SERVICES=1`` (CI), where a missing service fails the test instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import sqlalchemy
+from sqlalchemy.pool import NullPool
+
+from morag_jobs import JobStore
+
+REQUIRE_SERVICES = os.environ.get("MORAG_REQUIRE_SERVICES") == "1"
+POSTGRES_ADMIN_URL = os.environ.get(
+    "MORAG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("MORAG_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def service_missing(name: str, error: BaseException) -> None:
+    """Skip (or, under MORAG_REQUIRE_SERVICES=1, fail) because a service is down."""
+    message = f"{name} is not reachable: {error}"
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{message} (MORAG_REQUIRE_SERVICES=1 makes this a failure)")
+    pytest.skip(message)
+
+
+def admin_engine() -> sqlalchemy.Engine:
+    """AUTOCOMMIT, on the ``postgres`` database: for creating and dropping databases."""
+    return sqlalchemy.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT",
+                                    poolclass=NullPool)
+
+
+def create_database(admin: sqlalchemy.Engine, prefix: str) -> tuple[str, str]:
+    """A new, empty database: its URL and its name (skip or fail when PostgreSQL is down)."""
+    pytest.importorskip("psycopg")
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sqlalchemy.exc.OperationalError as error:
+        service_missing("PostgreSQL", error)
+    return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", name
+
+
+def drop_database(admin: sqlalchemy.Engine, name: str) -> None:
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def fresh_postgres_schema(base_url: str, *, migrate: bool = False) -> str:
+    """A new schema inside the database at ``base_url``; the returned URL selects it."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(base_url, poolclass=NullPool)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    engine.dispose()
+    separator = "&" if "?" in base_url else "?"
+    url = f"{base_url}{separator}options=-csearch_path%3D{schema}"
+    if migrate:
+        with JobStore(url, create_tables=True) as store:
+            store.upgrade()
+    return url
