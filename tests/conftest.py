@@ -15,8 +15,8 @@ from tests.services import (
     admin_engine,
     create_database,
     drop_database,
+    flushed_redis,
     fresh_postgres_schema,
-    service_missing,
 )
 
 
@@ -50,12 +50,5 @@ def database_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """Redis database 15, flushed before and after the test."""
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.flushdb()
-    except redis.exceptions.ConnectionError as error:
-        service_missing("Redis", error)
-    yield REDIS_URL
-    client.flushdb()
-    client.close()
+    with flushed_redis(REDIS_URL):
+        yield REDIS_URL

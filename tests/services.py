@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
+import redis
 import sqlalchemy
 from sqlalchemy.pool import NullPool
 
@@ -68,3 +71,19 @@ def fresh_postgres_schema(base_url: str, *, migrate: bool = False) -> str:
         with JobStore(url, create_tables=True) as store:
             store.upgrade()
     return url
+
+
+@contextmanager
+def flushed_redis(url: str) -> Iterator[redis.Redis]:
+    """A client on the Redis database at ``url``, emptied before and after the block."""
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    except redis.exceptions.ConnectionError as error:
+        client.close()
+        service_missing("Redis", error)
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()

@@ -22,7 +22,7 @@ from morag_jobs.store import Job, JobStatus, JobStore
 from morag_jobs.store.engine import masked_url, parse_url
 from tests import celery_app as tasks
 from tests.celery_app import AUDIO, AUDIO_PLAN, describe, history, wait_for_job
-from tests.services import service_missing
+from tests.services import flushed_redis
 
 pytestmark = [pytest.mark.celery, pytest.mark.redis, pytest.mark.postgres]
 
@@ -66,14 +66,8 @@ def job_db(postgres_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def broker() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(tasks.BROKER_URL)
-    try:
-        client.flushdb()
-    except redis.exceptions.ConnectionError as error:
-        service_missing("Redis", error)
-    yield client
-    client.flushdb()
-    client.close()
+    with flushed_redis(tasks.BROKER_URL) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

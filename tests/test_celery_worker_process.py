@@ -21,7 +21,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import redis
 
 from morag_jobs.celery import submit
 from morag_jobs.celery.runtime import Runtime, RuntimeConfig, default_runtime, set_default_runtime
@@ -29,7 +28,7 @@ from morag_jobs.reaper import reap
 from morag_jobs.store import Job, JobStatus, JobStore
 from tests import celery_app as tasks
 from tests.celery_app import describe, history, wait_for_job
-from tests.services import service_missing
+from tests.services import flushed_redis
 
 pytestmark = [pytest.mark.celery, pytest.mark.redis, pytest.mark.postgres]
 
@@ -65,14 +64,9 @@ class WorkerProcess:
 
 @pytest.fixture
 def broker() -> Iterator[None]:
-    client = redis.Redis.from_url(tasks.BROKER_URL)
-    try:
-        client.flushdb()
-    except redis.exceptions.ConnectionError as error:
-        service_missing("Redis", error)
-    yield
-    client.flushdb()  # also drops the unacknowledged message of a killed acks_late task
-    client.close()
+    # Flushing afterwards also drops the unacknowledged message of a killed acks_late task.
+    with flushed_redis(tasks.BROKER_URL):
+        yield
 
 
 @pytest.fixture
