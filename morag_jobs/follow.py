@@ -31,6 +31,7 @@ from morag_jobs.errors import MoragJobsError
 from morag_jobs.events import ProgressEvent
 from morag_jobs.handler import ApplyResult, ProgressHandler
 from morag_jobs.parser import ProgressEventParser
+from morag_jobs.streams import ProgressStream
 from morag_jobs.writer import RETRYABLE, brief
 
 __all__ = ["CheckpointError", "FollowedEvent", "FollowerStats", "LogFollower"]
@@ -257,6 +258,10 @@ class LogFollower:
         self.poll_interval = poll_interval
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.stats = FollowerStats()
+        # Bound to one job, each file is one stream of that job's output: its progress may
+        # span lines (ffmpeg's Duration, then time=) and draw nested bars. Unbound, a
+        # file interleaves many tasks' lines, so each line stands alone.
+        self._streams = {name: ProgressStream(self.parser) for name in names} if job_id else {}
         self._known_jobs: dict[str, float | None] = {}
         marks, self._foreign = self._load_checkpoint(names)
         self._saved: dict[str, dict[str, Any]] | None = None
@@ -324,17 +329,22 @@ class LogFollower:
         for tail in self._tails:
             budget = [PASS_BYTES]
             for data, whole in tail.blocks(budget):
-                followed.extend(self._hand_over(tail.path, self._parse(data, whole)))
+                events = self._parse(data, whole, self._streams.get(tail.path))
+                followed.extend(self._hand_over(tail.path, events))
             busy = busy or budget[0] <= 0
         if self.handler is not None and followed:
             self.handler.flush()
         return self.stats.lines - lines, followed, busy
 
-    def _parse(self, data: bytes, whole: bool) -> list[ProgressEvent]:
+    def _parse(
+        self, data: bytes, whole: bool, stream: ProgressStream | None
+    ) -> list[ProgressEvent]:
         if whole:
             self.stats.lines += data.count(b"\n") + (not data.endswith(b"\n"))
+            if stream is not None:
+                return stream.feed(data if data.endswith(b"\n") else data + b"\n")
             return self.parser.parse_chunk(data)
-        event = self.parser.parse_line(data)
+        event = stream.peek(data) if stream is not None else self.parser.parse_line(data)
         return [event] if event is not None else []
 
     def _hand_over(self, path: str, events: list[ProgressEvent]) -> list[FollowedEvent]:

@@ -19,8 +19,11 @@ from typing import Any
 import regex
 
 from morag_jobs.errors import PatternPackError
+from morag_jobs.recognise import RecogniserRules
 
 __all__ = [
+    "Context",
+    "Ignore",
     "JsonRules",
     "Pattern",
     "PatternSet",
@@ -29,11 +32,17 @@ __all__ = [
     "load_packs",
 ]
 
-PATTERN_GROUPS = frozenset({"percent", "current", "total", "message", "stage"})
+PATTERN_GROUPS = frozenset(
+    {"percent", "current", "remaining", "total", "message", "stage", "time"}
+)
+CONTEXT_GROUPS = frozenset({"total", "duration"})
 PREFIX_GROUPS = frozenset({"timestamp", "level", "process", "logger", "task_id", "message"})
 _PATTERN_KEYS = frozenset(
-    {"name", "regex", "prefilter", "trigger", "priority", "stage", "examples"}
+    {"name", "regex", "prefilter", "trigger", "priority", "stage", "percent", "bar", "overall",
+     "examples"}
 )
+_CONTEXT_KEYS = frozenset({"name", "regex", "prefilter", "count", "priority", "examples"})
+_IGNORE_KEYS = frozenset({"name", "regex", "prefilter", "priority", "examples"})
 _PREFIX_KEYS = frozenset({"name", "regex", "priority", "examples"})
 Regex = re.Pattern[str] | regex.Pattern[str]
 _META = set(".^$*+?{}[]\\|()")
@@ -87,6 +96,41 @@ class Pattern:
     trigger: Prefilter | None
     priority: int
     stage: str | None
+    examples: tuple[Mapping[str, Any], ...]
+    origin: str
+    percent: float | None = None
+    """A fixed percent for a line that means "done" without a number (``progress=end``)."""
+    bar: bool = False
+    """The pattern draws a bar named by its message, so a stream can tell bars apart."""
+    overall: bool = False
+    """The tool's whole-run counter (rsync's ``to-chk``): a stream follows it over any bar."""
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """A line that tells a stream what later lines are measured against.
+
+    ``total`` (an item count) or ``duration`` (a length of time, e.g. ffmpeg's
+    ``Duration: 00:03:20.00``) is remembered by the stream; with ``count``, every later
+    line matching that regex is one more item done (scikit-learn's "totalling 20 fits"
+    followed by one ``[CV] END`` line per fit).
+    """
+
+    name: str
+    regex: Regex
+    prefilter: Prefilter
+    count: Regex | None
+    examples: tuple[Mapping[str, Any], ...]
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ignore:
+    """Lines the general recogniser must leave alone (a fold index that looks like n/N)."""
+
+    name: str
+    regex: Regex
+    prefilter: Prefilter
     examples: tuple[Mapping[str, Any], ...]
     origin: str
 
@@ -149,7 +193,10 @@ class PatternSet:
 
     patterns: list[Pattern] = field(default_factory=list)
     prefixes: list[Prefix] = field(default_factory=list)
+    contexts: list[Context] = field(default_factory=list)
+    ignores: list[Ignore] = field(default_factory=list)
     json: JsonRules = field(default_factory=JsonRules)
+    recogniser: RecogniserRules = field(default_factory=RecogniserRules)
     sources: list[str] = field(default_factory=list)
 
 
@@ -167,6 +214,8 @@ def load_packs(directories: Iterable[Path], files: Iterable[Path] = ()) -> Patte
     paths.extend(files)
     patterns: dict[str, Pattern] = {}
     prefixes: dict[str, Prefix] = {}
+    contexts: dict[str, Context] = {}
+    ignores: dict[str, Ignore] = {}
     result = PatternSet()
     for path in paths:
         data = _read_toml(path)
@@ -176,8 +225,16 @@ def load_packs(directories: Iterable[Path], files: Iterable[Path] = ()) -> Patte
         for item in data.pop("prefix", []):
             prefix = _build_prefix(path, item)
             prefixes[prefix.name] = prefix
+        for item in data.pop("context", []):
+            context = _build_context(path, item)
+            contexts[context.name] = context
+        for item in data.pop("ignore", []):
+            ignore = _build_ignore(path, item)
+            ignores[ignore.name] = ignore
         if "json" in data:
             result.json = _build_json(path, data.pop("json"))
+        if "recogniser" in data:
+            result.recogniser = result.recogniser.merged(path, data.pop("recogniser"))
         data.pop("pack", None)
         if data:
             raise PatternPackError(path, f"unknown top-level keys {sorted(data)}")
@@ -185,6 +242,8 @@ def load_packs(directories: Iterable[Path], files: Iterable[Path] = ()) -> Patte
     order = {name: i for i, name in enumerate(patterns)}
     result.patterns = sorted(patterns.values(), key=lambda p: (-p.priority, order[p.name]))
     result.prefixes = sorted(prefixes.values(), key=lambda p: -p.priority)
+    result.contexts = list(contexts.values())
+    result.ignores = list(ignores.values())
     return result
 
 
@@ -244,15 +303,46 @@ def _common(path: Path, item: Any, keys: frozenset[str]) -> tuple[str, int, tupl
 def _build_pattern(path: Path, item: Any) -> Pattern:
     name, priority, examples = _common(path, item, _PATTERN_KEYS)
     compiled = _compile(path, name, item.get("regex"), PATTERN_GROUPS)
-    if not {"percent", "current"} & set(compiled.groupindex):
-        raise PatternPackError(path, "regex needs a 'percent' or a 'current' group", name)
+    fixed = item.get("percent")
+    if fixed is not None and (not isinstance(fixed, int | float) or not 0 <= fixed <= 100):
+        raise PatternPackError(path, "'percent' must be a number from 0 to 100", name)
+    if fixed is None and not {"percent", "current", "remaining", "time"} & set(compiled.groupindex):
+        raise PatternPackError(
+            path, "regex needs a 'percent', 'current' or 'time' group (or a fixed 'percent')", name
+        )
     prefilter = _prefilter(path, name, item, "prefilter")
     trigger = _prefilter(path, name, item, "trigger") or prefilter
     stage = item.get("stage")
     if stage is not None and not isinstance(stage, str):
         raise PatternPackError(path, "'stage' must be a string", name)
     return Pattern(name, compiled, prefilter or trigger, trigger, priority, stage, examples,
+                   str(path), None if fixed is None else float(fixed), item.get("bar") is True,
+                   item.get("overall") is True)
+
+
+def _required_prefilter(path: Path, name: str, item: dict[str, Any]) -> Prefilter:
+    prefilter = _prefilter(path, name, item, "prefilter")
+    if prefilter is None:
+        raise PatternPackError(path, "needs a 'prefilter' (what every line it matches holds)",
+                               name)
+    return prefilter
+
+
+def _build_context(path: Path, item: Any) -> Context:
+    name, _, examples = _common(path, item, _CONTEXT_KEYS)
+    compiled = _compile(path, name, item.get("regex"), CONTEXT_GROUPS)
+    if not CONTEXT_GROUPS & set(compiled.groupindex):
+        raise PatternPackError(path, "a context regex needs a 'total' or 'duration' group", name)
+    count = item.get("count")
+    counter = None if count is None else _compile(path, name, count, frozenset())
+    return Context(name, compiled, _required_prefilter(path, name, item), counter, examples,
                    str(path))
+
+
+def _build_ignore(path: Path, item: Any) -> Ignore:
+    name, _, examples = _common(path, item, _IGNORE_KEYS)
+    compiled = _compile(path, name, item.get("regex"), frozenset())
+    return Ignore(name, compiled, _required_prefilter(path, name, item), examples, str(path))
 
 
 def _prefilter(path: Path, name: str, item: dict[str, Any], key: str) -> Prefilter | None:

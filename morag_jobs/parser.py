@@ -15,7 +15,6 @@ The parser never raises on its input: lines it cannot use are counted in
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,12 +33,13 @@ from morag_jobs.packs import (
     compile_regex,
     load_packs,
 )
+from morag_jobs.recognise import TRIGGERS, Recogniser
+from morag_jobs.terminal import has_redraws, redraws
 
 __all__ = ["ParserStats", "ProgressEventParser"]
 
 log = structlog.get_logger(__name__)
 
-_ANSI = re.compile(r"\x1b(?:\[[0-9;?]*+[ -/]*+[@-~]|[@-Z\\-_])")
 _NUMBER_TYPES = (int, float)
 
 
@@ -69,7 +69,7 @@ class ParserStats:
         }
 
 
-class _Rejected(Exception):
+class _Rejected(ValueError):
     """A line that looks like progress but breaks a rule (e.g. 150%); counted, not raised."""
 
 
@@ -98,6 +98,12 @@ class ProgressEventParser:
         self._prefixes = tuple(prefix.regex for prefix in self.patterns.prefixes)
         self._rules = self.patterns.json
         self._json_roles = self._rules.roles()
+        # "progressDetail.current": a role inside a nested object (docker pull's JSON).
+        self._json_nested: dict[str, dict[str, tuple[str, int]]] = {}
+        for name, role in self._json_roles.items():
+            if "." in name:
+                outer, inner = name.split(".", 1)
+                self._json_nested.setdefault(outer, {})[inner] = role
         self._table = tuple(
             (
                 p.prefilter.literal if p.prefilter else None,
@@ -107,9 +113,12 @@ class ProgressEventParser:
             )
             for p in self.patterns.patterns
         )
+        self._recogniser = Recogniser(self.patterns.recogniser)
+        self._ignores = tuple((i.prefilter, i.regex) for i in self.patterns.ignores)
         triggers = _minimal_triggers(
             [p.trigger for p in self.patterns.patterns if p.trigger]
             + [self._rules.trigger(), Prefilter.build("\x1b")]
+            + [Prefilter.build(source) for source in TRIGGERS]
         )
         self._literals = tuple(t.literal for t in triggers if t.literal is not None)
         self._scanners = tuple(t.scanner for t in triggers if t.literal is None)
@@ -238,27 +247,52 @@ class ProgressEventParser:
     def _parse_text(
         self, line: str, now: datetime | None, only: str | None = None
     ) -> ProgressEvent | None:
-        if "\x1b" in line:
-            line = _ANSI.sub("", line)
+        updates = redraws(line) if has_redraws(line) else (line,)
+        if not updates:
+            return None
         envelope = None
-        message = line
+        first = updates[0]
         for prefix in self._prefixes:
-            envelope = prefix.match(line)
+            envelope = prefix.match(first)
             if envelope is not None:
-                message = line[envelope.start("message") :]
+                updates = [first[envelope.start("message") :], *updates[1:]]
                 break
+        message = updates[-1] if len(updates) == 1 else updates[0]
         is_json = message[:1] == "{" or message.lstrip()[:1] == "{"
         if only is _JSON_ONLY and not is_json:
             return None
-        if is_json and only is not _TEXT_ONLY:
+        if is_json and only is not _TEXT_ONLY and len(updates) == 1:
             fields = envelope.groupdict() if envelope is not None else {}
             return self._parse_json(message.strip(), fields, line, now)
-        segments = message.split("\r") if "\r" in message else (message,)
-        for segment in reversed(segments):
-            found = self._match(segment)
-            if found is not None:
+        for update in reversed(updates):
+            found = self.match_update(update)
+            if found is not None and _is_progress(found[1]):
                 return _event(found, envelope.groupdict() if envelope else _NO_FIELDS, line, now)
         return None
+
+    def envelope(self, text: str) -> tuple[dict[str, Any], str]:
+        """A line's envelope fields (time, level, task id...) and the message inside it."""
+        for prefix in self._prefixes:
+            match = prefix.match(text)
+            if match is not None:
+                return match.groupdict(), text[match.start("message") :]
+        return _NO_FIELDS, text
+
+    def match_update(self, text: str) -> tuple[str, dict[str, Any]] | None:
+        """The format and values of one visible update (no redraws in it), or None.
+
+        The values may lack a percent: a ``time`` position or a count without total is
+        for a :class:`~morag_jobs.streams.ProgressStream`, which knows what they are
+        measured against. Raises ``_Rejected`` for numbers that break the rules.
+        """
+        found = self._match(text)
+        if found is not None:
+            return found
+        for prefilter, ignore in self._ignores:
+            if prefilter.found_in(text) and ignore.search(text) is not None:
+                return None
+        values = self._recogniser.find(text)
+        return ("generic", values) if values is not None else None
 
     def _match(self, text: str) -> tuple[str, dict[str, Any]] | None:
         """The first pattern (by priority) that matches: its name and checked values."""
@@ -280,8 +314,8 @@ class ProgressEventParser:
             data = json.loads(text)
         except (ValueError, RecursionError):
             # Not JSON after all ("{x} 50%"): the text patterns may still know it.
-            found = self._match(text.rsplit("\r", maxsplit=1)[-1])
-            return _event(found, fields, raw, now) if found is not None else None
+            found = self.match_update(text.rsplit("\r", maxsplit=1)[-1])
+            return _event(found, fields, raw, now) if found and _is_progress(found[1]) else None
         if not isinstance(data, dict):
             return None
         return self._parse_mapping(data, fields, raw, now)
@@ -290,6 +324,11 @@ class ProgressEventParser:
         self, data: Mapping[str, Any], fields: dict[str, Any], raw: str, now: datetime | None
     ) -> ProgressEvent | None:
         found = _pick(data, self._json_roles)
+        for outer, roles in self._json_nested.items():
+            nested = data.get(outer)
+            if isinstance(nested, dict):
+                for key, value in _pick(nested, roles).items():
+                    found.setdefault(key, value)
         merged = dict(fields)
         for key in _JSON_IDENTITY:
             value = found.get(key)
@@ -299,8 +338,8 @@ class ProgressEventParser:
         message = message if isinstance(message, str) else ""
         values = _json_progress(found, message)
         if values is None:
-            found = self._match(message.split("\r")[-1]) if message else None
-            if found is None:
+            found = self.match_update(message.split("\r")[-1]) if message else None
+            if found is None or not _is_progress(found[1]):
                 return None
             found = (f"json+{found[0]}", found[1])
         else:
@@ -309,6 +348,8 @@ class ProgressEventParser:
 
 
 _NO_FIELDS: dict[str, Any] = {}
+_STREAM_ONLY = ("label", "time", "bar", "overall")
+_STREAM_ONLY_SET = frozenset(_STREAM_ONLY)
 _JSON_ONLY = "json"
 _TEXT_ONLY = "text"
 _JSON_IDENTITY = ("timestamp", "level", "logger", "task_id", "job_id", "worker_id")
@@ -395,7 +436,9 @@ def _json_progress(found: Mapping[str, Any], message: str) -> dict[str, Any] | N
         values["percent"] = _number(percent, "percent")
     else:
         progress = found.get("fraction_or_percent")
-        if progress is not None:
+        # docker pull's "progress" is its drawn bar ("[=>  ] 3.3MB/152MB"): not a number,
+        # so the counts beside it speak instead.
+        if progress is not None and not (isinstance(progress, str) and "[" in progress):
             number = _number(progress, "progress")
             values["percent"] = number * 100.0 if number <= 1.0 else number
     current = found.get("current")
@@ -419,7 +462,13 @@ def _values(pattern: Pattern, groups: dict[str, Any], text: str) -> dict[str, An
     percent = get("percent")
     current = get("current")
     total = get("total")
+    remaining = get("remaining")
+    if remaining is not None and total is not None:  # rsync's to-chk=R/T: T - R are done
+        current = str(max(0, int(total) - int(remaining)))
     message = get("message") if "message" in groups else text
+    if percent is None and pattern.percent is not None:
+        percent = pattern.percent
+
     values = {
         "percent": None if percent is None else float(percent),
         "current": None if current is None else int(current),
@@ -427,7 +476,28 @@ def _values(pattern: Pattern, groups: dict[str, Any], text: str) -> dict[str, An
         "message": message.strip() if message else "",
         "stage": get("stage") or pattern.stage,
     }
+    position = get("time")
+    if position is not None:
+        values["time"] = seconds(position)
+    if pattern.bar:
+        values["bar"] = True
+        values["label"] = values["message"]
+    if pattern.overall:
+        values["overall"] = True
     return _checked(values)
+
+
+def seconds(text: str) -> float:
+    """A time position as seconds: ``00:01:02.50``, ``1:02`` or ``62.5``."""
+    total = 0.0
+    for part in text.split(":"):
+        total = total * 60.0 + float(part)
+    return total
+
+
+def _is_progress(values: dict[str, Any]) -> bool:
+    """Whether values alone make an event (a bare time position needs a stream)."""
+    return values.get("percent") is not None or values.get("current") is not None
 
 
 def _checked(values: dict[str, Any]) -> dict[str, Any]:
@@ -467,6 +537,8 @@ def _event(
     found: tuple[str, dict[str, Any]], fields: dict[str, Any], raw: str, now: datetime | None
 ) -> ProgressEvent:
     name, values = found
+    if not _STREAM_ONLY_SET.isdisjoint(values):
+        values = {key: value for key, value in values.items() if key not in _STREAM_ONLY}
     if not fields:
         return ProgressEvent(**values, timestamp=now or utc_now(), format=name, raw=raw)
     get = fields.get

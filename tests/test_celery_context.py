@@ -324,7 +324,7 @@ def test_the_log_tap_moves_the_job_with_a_logged_progress_line(
     with job_context(job.id, runtime=runtime):
         tapped_logger.info("Processing... %d%%", 75)
         stored = written(runtime, store, job.id)
-    assert (stored.percentage, stored.summary) == (75.0, "Processing")
+    assert (stored.percentage, stored.summary) == (75.0, "Processing...")
 
 
 @pytest.mark.parametrize("line", ["CPU usage 95%", "disk 80% full", "loaded 3 models"])

@@ -10,7 +10,9 @@ from dataclasses import replace
 from typing import IO, Any
 
 from morag_jobs.celery.context import JobContext, current_context
+from morag_jobs.events import ProgressEvent
 from morag_jobs.parser import ProgressEventParser
+from morag_jobs.streams import ProgressStream
 
 __all__ = ["CommandFailed", "run_with_progress"]
 
@@ -32,11 +34,18 @@ def run_with_progress(
     stage: str | None = None,
     parser: ProgressEventParser | None = None,
     timeout: float | None = None,
+    total: int | float | None = None,
+    duration: float | None = None,
     check: bool = True,
     **popen_kwargs: Any,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``cmd``; progress it prints (stdout or stderr, ``\\r`` updates too) moves the job.
 
+    Both pipes feed one :class:`~morag_jobs.streams.ProgressStream`, so every redraw of
+    a bar counts, formats that spread over lines work (ffmpeg's ``Duration:`` then
+    ``time=``), and nested bars leave the job on the outer one. ``total`` is the item or
+    byte count the caller knows, for output that counts without a total; ``duration``
+    (seconds) the media length, for output that reports a time position.
     ``stage`` makes that progress relative to a stage of the job's plan. Returns the
     completed process with its output as text; raises ``CommandFailed`` (with the tail
     of stderr) when it exits non-zero and ``check`` is true, and
@@ -48,12 +57,13 @@ def run_with_progress(
         if _shared_parser is None:
             _shared_parser = ProgressEventParser()
         parser = _shared_parser
+    progress = ProgressStream(parser, total=total, duration=duration)
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                **popen_kwargs)
     outputs: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
     readers = [
-        threading.Thread(target=_pump, args=(stream, outputs[name], parser, context, stage),
-                         daemon=True)
+        threading.Thread(target=_pump, args=(stream, name, outputs[name], progress, context,
+                                             stage), daemon=True)
         for name, stream in (("stdout", process.stdout), ("stderr", process.stderr))
     ]
     for reader in readers:
@@ -73,29 +83,21 @@ def run_with_progress(
     return subprocess.CompletedProcess(cmd, returncode, stdout, stderr)
 
 
-def _pump(stream: IO[bytes] | None, sink: bytearray, parser: ProgressEventParser,
+def _pump(pipe: IO[bytes] | None, name: str, sink: bytearray, progress: ProgressStream,  # noqa: PLR0917 - a thread target
           context: JobContext, stage: str | None) -> None:
-    """Read a pipe as it arrives; every complete '\\n' or '\\r' segment is parsed."""
-    if stream is None:
+    """Read a pipe as it arrives; every update the stream completes moves the job."""
+    if pipe is None:
         return
-    pending = b""
-    fd = stream.fileno()
+    fd = pipe.fileno()
     while chunk := os.read(fd, 65536):
         sink += chunk
-        pending += chunk
-        cut = max(pending.rfind(b"\n"), pending.rfind(b"\r"))
-        if cut < 0:
-            continue
-        complete, pending = pending[: cut + 1], pending[cut + 1 :]
-        _report(complete.replace(b"\r", b"\n"), parser, context, stage)
-    if pending:
-        _report(pending, parser, context, stage)
-    stream.close()
+        _report(progress.feed(chunk, name), context, stage)
+    _report(progress.close(name), context, stage)
+    pipe.close()
 
 
-def _report(block: bytes, parser: ProgressEventParser, context: JobContext,
-            stage: str | None) -> None:
-    for event in parser.parse_chunk(block):
+def _report(events: list[ProgressEvent], context: JobContext, stage: str | None) -> None:
+    for event in events:
         context.report_event(replace(event, stage=stage) if stage else event)
 
 

@@ -1,0 +1,325 @@
+"""The general progress recogniser: the shapes progress takes, and the cues around them.
+
+Real programs print progress in a handful of shapes: a percent (``45%``, ``45.3 %``), a
+count (``450/1000``, ``450 of 1000``, ``45 out of 100``) or an amount against a total
+(``1.2/5.0 MB``, ``1.20M/5.00M``, ``256.0 KiB/1.0 MiB``). What tells progress from the
+many other numbers a log holds (``CPU 45%``, ``accuracy 92.5%``, ``Retry 2 of 5``,
+``3/4 replicas``, a coverage table) is the company it keeps: a bar, a rate (``MB/s``,
+``it/s``, ``ms/step``), an ETA or elapsed time, a verb such as *Receiving* or *Building*,
+a bracketed position at the start or end of the line; and, next to the number, no word
+that says it measures something else.
+
+This module finds the shapes and weighs the cues. The cue words, the refusal words and
+the cue expressions are data (the ``[recogniser]`` table of the packs in ``parsers/``),
+so a tool nobody listed is understood by its shape, and a user tunes the recogniser by
+adding words to a pack of their own, without code. Every expression here is linear in
+the length of its input.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from morag_jobs.errors import PatternPackError
+
+__all__ = ["Recogniser", "RecogniserRules", "Shape", "build_rules"]
+
+# The shapes. Numbers must stand alone: not glued to letters, other digits, a decimal
+# point or a slash (so "%20" in a URL, "2026/11/29", "v1.2/3" and "x=3/5" are not shapes).
+_UNIT = r"(?:[kKMGTPE]i?B?|[kKMGTPE]iB|B|bytes?|[kMG]b)"
+_SHAPES = re.compile(
+    r"(?<![\w.,/%=+-])(?P<percent>\d{1,3}+(?:[.,]\d{1,3}+)?)[ \t]?+%(?![\w%])"
+    r"|(?<![\w.,/:=+#-])(?P<current>\d++)(?:[ \t]*+/[ \t]*+|[ \t]++(?:of|out[ \t]of)[ \t]++)"
+    r"(?P<total>\d++)(?![\w.,/%-]|:\d)"
+    rf"|(?<![\w.,/:=+-])(?P<amount>\d++(?:[.,]\d++)?)[ \t]?+(?P<amount_unit>{_UNIT})?"
+    rf"[ \t]*+/[ \t]*+(?P<whole>\d++(?:[.,]\d++)?)[ \t]?+(?P<whole_unit>{_UNIT})(?![\w/])"
+)
+TRIGGERS = ("%", r"\d[ \t]*+/[ \t]*+\d", r"/[ \t]*+\d[\d.,]*+[ \t]?+[kKMGTPEB]",
+            r"\d[ \t]++(?:of|out[ \t]of)[ \t]++\d")
+"""What every line holding a shape contains: what :meth:`parse_chunk` scans blocks for."""
+
+_POWERS = "kmgtpe"
+_BINARY = 1024.0
+_WORD = re.compile(r"[^\W\d_]{2,}+")
+_EDGE_BEFORE = re.compile(r"[\s\[(]*+\Z")
+_EDGE_AFTER = re.compile(r"[\s\])]*+\Z")
+# "A / B = 0.38", "=> 41.25%": the number is the result of a computation (a ratio).
+_EQUATION_BEFORE = re.compile(r"=>?[ \t]*+\Z")
+_EQUATION_AFTER = re.compile(r"[ \t]*+=(?!>)")
+_FIELD_BREAK = re.compile(r"[|,;()\[\]{}\t]| - | — |\s{3,}")
+WINDOW = 32
+"""How many characters either side of a number its refusal words are looked for in."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cue:
+    """Something in an update that makes its numbers more likely to be progress."""
+
+    name: str
+    regex: re.Pattern[str]
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecogniserRules:
+    """The recogniser's data, merged from every pack's ``[recogniser]`` table."""
+
+    threshold: int = 2
+    cues: tuple[Cue, ...] = ()
+    cue_words: frozenset[str] = frozenset()
+    cue_word_weight: int = 2
+    refusal_words: frozenset[str] = frozenset()
+    count_units: frozenset[str] = frozenset()
+    count_unit_weight: int = 2
+    bracket_weight: int = 1
+    edge_weight: int = 1
+    agreement_weight: int = 2
+    examples: tuple[Mapping[str, Any], ...] = ()
+    origins: tuple[str, ...] = ()
+
+    def merged(self, path: Path, table: Any) -> RecogniserRules:
+        """These rules with a pack's ``[recogniser]`` table added: lists grow, numbers replace."""
+        if not isinstance(table, dict):
+            raise PatternPackError(path, "[recogniser] must be a table", "recogniser")
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            if key in _REMOVALS:
+                continue
+            if key in _WORD_LISTS:
+                values[key] = getattr(self, key) | _words(path, key, value)
+            elif key in _NUMBERS:
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise PatternPackError(path, f"[recogniser] {key} must be an integer",
+                                           "recogniser")
+                values[key] = value
+            elif key == "cue":
+                values["cues"] = self.cues + tuple(_cue(path, item) for item in _list(path, value))
+            elif key == "examples":
+                values["examples"] = self.examples + tuple(_list(path, value))
+            else:
+                raise PatternPackError(path, f"unknown [recogniser] key {key!r}", "recogniser")
+        for key in ("cue_words", "refusal_words", "count_units"):
+            remove = table.get(f"remove_{key}")
+            if remove is not None:
+                values[key] = values.get(key, getattr(self, key)) - _words(path, key, remove)
+        values["origins"] = (*self.origins, str(path))
+        return _replace(self, values)
+
+
+_WORD_LISTS = frozenset({"cue_words", "refusal_words", "count_units"})
+_NUMBERS = frozenset({"threshold", "cue_word_weight", "count_unit_weight", "bracket_weight",
+                      "edge_weight", "agreement_weight"})
+_REMOVALS = frozenset(f"remove_{key}" for key in _WORD_LISTS)
+
+
+def _replace(rules: RecogniserRules, values: dict[str, Any]) -> RecogniserRules:
+    current = {name: getattr(rules, name) for name in RecogniserRules.__dataclass_fields__}
+    current.update(values)
+    return RecogniserRules(**current)
+
+
+def _list(path: Path, value: Any) -> list[Any]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise PatternPackError(path, "[recogniser] cue and examples are lists of tables",
+                               "recogniser")
+    return value
+
+
+def _words(path: Path, key: str, value: Any) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise PatternPackError(path, f"[recogniser] {key} must be a list of words", "recogniser")
+    return frozenset(word.lower() for word in value)
+
+
+def _cue(path: Path, item: dict[str, Any]) -> Cue:
+    name, source, weight = item.get("name"), item.get("regex"), item.get("weight", 1)
+    if not isinstance(name, str) or not isinstance(source, str) or not isinstance(weight, int):
+        raise PatternPackError(path, "a cue needs a 'name', a 'regex' and an integer 'weight'",
+                               "recogniser")
+    try:
+        return Cue(name, re.compile(source), weight)
+    except re.error as error:
+        raise PatternPackError(path, f"cue regex does not compile: {error}", name) from error
+
+
+@dataclass(slots=True)
+class Shape:
+    """A number that may be progress, with what was found around it."""
+
+    kind: str  # "percent", "count" or "amount"
+    start: int
+    end: int
+    percent: float | None = None
+    current: int | None = None
+    total: int | None = None
+    score: int = 0
+    refused: str | None = None
+    label: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Recogniser:
+    """Finds the progress in one visible update (no ``\\r``, no escapes) by shape and cues."""
+
+    def __init__(self, rules: RecogniserRules) -> None:
+        self.rules = rules
+        self._cue_words = rules.cue_words
+        self._refusals = rules.refusal_words
+        self._units = rules.count_units
+
+    def shapes(self, text: str) -> list[Shape]:
+        """Every shape in ``text``, scored; refused ones carry the word that refused them."""
+        found = [_shape(match) for match in _SHAPES.finditer(text)]
+        if not found:
+            return []
+        common, bar = self._common_score(text)
+        for shape in found:
+            self._score(text, shape, common)
+            shape.extras["bar"] = bar
+        agreeing = self.rules.agreement_weight
+        for shape in found:  # "5.0MiB/5.7MiB(87%)", "45% (450/1000)": two shapes, one figure
+            if shape.refused is None and any(_agree(text, shape, other) for other in found):
+                shape.score += agreeing
+        refused = [s.percent for s in found if s.refused is not None and s.percent is not None]
+        for shape in found:  # "fill 75% (768/1024 entries)": one quantity, said twice
+            if shape.refused is None and shape.percent is not None and any(
+                abs(shape.percent - other) <= 1.5 for other in refused
+            ):
+                shape.refused = "same quantity as a refused number"
+        return found
+
+    def find(self, text: str) -> dict[str, Any] | None:
+        """The progress in ``text`` as parser values, or None when nothing passes."""
+        best: Shape | None = None
+        shapes = self.shapes(text)
+        threshold = self.rules.threshold
+        for shape in shapes:
+            passes = shape.refused is None and shape.score >= threshold
+            if passes and shape.percent is not None and (
+                best is None or _RANK[shape.kind] < _RANK[best.kind]
+            ):
+                best = shape
+        if best is None:
+            return None
+        current, total = best.current, best.total
+        if best.kind == "percent":
+            for other in shapes:
+                if other.kind == "count" and other.refused is None and other.percent is not None \
+                        and abs(other.percent - best.percent) <= 1.5:  # type: ignore[operator]
+                    current, total = other.current, other.total
+                    break
+        message = best.label or text.strip()
+        return {"percent": best.percent, "current": current, "total": total,
+                "message": message[:200], "stage": None, "label": best.label.lower(),
+                "bar": best.extras["bar"]}
+
+    # -- scoring -----------------------------------------------------------------------
+
+    def _common_score(self, text: str) -> tuple[int, bool]:
+        """The weight of the cues anywhere in ``text``, and whether one was a drawn bar."""
+        score = 0
+        bar = False
+        for cue in self.rules.cues:
+            if cue.regex.search(text) is not None:
+                score += cue.weight
+                bar = bar or cue.name == "bar"
+        lowered = text.lower()
+        cue_words = self._cue_words
+        if any(word in cue_words for word in _WORD.findall(lowered)):
+            score += self.rules.cue_word_weight
+        return score, bar
+
+    def _score(self, text: str, shape: Shape, common: int) -> None:
+        rules = self.rules
+        before = text[max(0, shape.start - WINDOW) : shape.start]
+        after = text[shape.end : shape.end + WINDOW]
+        field_before = _FIELD_BREAK.split(before)[-1]
+        field_after = _FIELD_BREAK.split(after, maxsplit=1)[0]
+        words_before = _WORD.findall(field_before.lower())
+        words_after = _WORD.findall(field_after.lower())[:2]
+        for word in (*words_before[-3:], *words_after):
+            if word in self._refusals:
+                shape.refused = word
+                return
+        if _EQUATION_BEFORE.search(before) or _EQUATION_AFTER.match(after):
+            shape.refused = "a computed value (a ratio), not progress"
+            return
+        score = common
+        if shape.kind != "percent" and words_after and words_after[0] in self._units:
+            score += rules.count_unit_weight
+        at_start = _EDGE_BEFORE.fullmatch(text, 0, shape.start) is not None
+        at_end = _EDGE_AFTER.fullmatch(text, shape.end) is not None
+        score += rules.edge_weight * (at_start + at_end)  # a number alone on its line: both
+        if shape.kind == "percent" and before.rstrip(" \t")[-1:] in ("[", "(") \
+                and after.lstrip(" \t")[:1] in ("]", ")"):
+            score += rules.bracket_weight
+        shape.score = score
+        shape.label = _label(text[: shape.start])
+
+
+_RANK = {"percent": 0, "count": 1, "amount": 2}
+_BETWEEN = re.compile(r"[\s(\[,]*+")
+
+
+def _agree(text: str, shape: Shape, other: Shape) -> bool:
+    """Two shapes side by side that say the same figure (not 0 or 100, which any may say)."""
+    if other is shape or other.kind == shape.kind or other.refused is not None:
+        return False
+    if shape.percent is None or other.percent is None or not 0 < shape.percent < 100:
+        return False
+    first, second = (shape, other) if shape.start < other.start else (other, shape)
+    return abs(shape.percent - other.percent) <= 1.5 and \
+        _BETWEEN.fullmatch(text, first.end, second.start) is not None
+
+
+def _label(before: str) -> str:
+    """The description before a number: "Receiving objects:  45%" -> "Receiving objects"."""
+    parts = _FIELD_BREAK.split(before)
+    for part in reversed(parts):
+        cleaned = part.strip(" \t:.=-_>#")
+        if _WORD.search(cleaned):
+            return cleaned[-80:]
+    return ""
+
+
+def _shape(match: re.Match[str]) -> Shape:
+    start, end = match.span()
+    percent = match.group("percent")
+    if percent is not None:
+        value = float(percent.replace(",", "."))
+        return Shape("percent", start, end, percent=value if value <= 100.0 else None)
+    current = match.group("current")
+    if current is not None:
+        done, whole = int(current), int(match.group("total"))
+        valid = whole > 0 and done <= whole
+        return Shape("count", start, end, percent=done / whole * 100.0 if valid else None,
+                     current=done, total=whole)
+    amount = _bytes(match.group("amount"), match.group("amount_unit") or match.group("whole_unit"))
+    whole_amount = _bytes(match.group("whole"), match.group("whole_unit"))
+    valid = whole_amount > 0 and amount <= whole_amount * 1.0001
+    return Shape("amount", start, end,
+                 percent=min(100.0, amount / whole_amount * 100.0) if valid else None)
+
+
+def _bytes(number: str, unit: str | None) -> float:
+    if "," in number and ("." in number or len(number) - number.index(",") == 4):
+        value = float(number.replace(",", ""))  # 1,024 or 1,234.5: thousands separators
+    else:
+        value = float(number.replace(",", "."))
+    lowered = (unit or "").lower()
+    if not lowered or lowered[0] not in _POWERS:
+        return value
+    base = _BINARY if lowered[1:2] == "i" else 1000.0
+    return value * base ** (_POWERS.index(lowered[0]) + 1)
+
+
+def build_rules(tables: Iterable[tuple[Path, Any]]) -> RecogniserRules:
+    """Fold every pack's ``[recogniser]`` table, in load order, into one set of rules."""
+    rules = RecogniserRules()
+    for path, table in tables:
+        rules = rules.merged(path, table)
+    return rules
