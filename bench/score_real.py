@@ -66,9 +66,18 @@ class Capture:
         parts = self.data.split(b"\n")
         return parts[:-1] if parts and parts[-1] == b"" else parts
 
+    def updates(self) -> list[dict[str, Any]]:
+        """The truth's updates, a figure drawn again unchanged counted once."""
+        kept: list[dict[str, Any]] = []
+        for update in self.truth.get("updates", []):
+            if kept and abs(kept[-1]["percent"] - update["percent"]) < 1e-9:
+                continue
+            kept.append(update)
+        return kept
+
     def updates_by_line(self) -> dict[int, list[dict[str, Any]]]:
         by_line: dict[int, list[dict[str, Any]]] = {}
-        for update in self.truth.get("updates", []):
+        for update in self.updates():
             by_line.setdefault(update["line"], []).append(update)
         return by_line
 
@@ -169,7 +178,7 @@ def score_stream(capture: Capture, parser: ProgressEventParser) -> Score:
         events += [(number, e.percent) for e in got]
     used = [False] * len(events)
     position, previous_line = 0, 0
-    for update in truth.get("updates", []):
+    for update in capture.updates():
         score.expected += 1
         explicit = bool(update.get("explicit", True))
         score.expected_explicit += explicit

@@ -297,6 +297,8 @@ def _common(path: Path, item: Any, keys: frozenset[str]) -> tuple[str, int, tupl
         raise PatternPackError(path, "'examples' must be a list of tables", name)
     if not all(isinstance(e.get("line"), str) for e in examples):
         raise PatternPackError(path, "every example needs a 'line' string", name)
+    if not all(isinstance(e.get("context", ""), str) for e in examples):
+        raise PatternPackError(path, "an example's 'context' is the line before it", name)
     return name, priority, tuple(examples)
 
 

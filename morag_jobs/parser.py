@@ -15,6 +15,7 @@ The parser never raises on its input: lines it cannot use are counted in
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -295,7 +296,12 @@ class ProgressEventParser:
         return ("generic", values) if values is not None else None
 
     def _match(self, text: str) -> tuple[str, dict[str, Any]] | None:
-        """The first pattern (by priority) that matches: its name and checked values."""
+        """The first pattern (by priority) that matches: its name and checked values.
+
+        A match that needs a stream's context (a bare time position) gives way to a later
+        pattern that reads the line on its own, and is returned only when none does.
+        """
+        waiting = None
         for literal, scanner, pattern_regex, pattern in self._table:
             if literal is not None:
                 if literal not in text:
@@ -304,8 +310,11 @@ class ProgressEventParser:
                 continue
             match = pattern_regex.search(text)
             if match is not None:
-                return pattern.name, _values(pattern, match.groupdict(), text)
-        return None
+                values = _values(pattern, match.groupdict(), text)
+                if _is_progress(values):
+                    return pattern.name, values
+                waiting = waiting or (pattern.name, values)
+        return waiting
 
     def _parse_json(
         self, text: str, fields: dict[str, Any], raw: str, now: datetime | None
@@ -348,6 +357,7 @@ class ProgressEventParser:
 
 
 _NO_FIELDS: dict[str, Any] = {}
+_START = operator.methodcaller("start")
 _STREAM_ONLY = ("label", "time", "bar", "overall")
 _STREAM_ONLY_SET = frozenset(_STREAM_ONLY)
 _JSON_ONLY = "json"
@@ -379,12 +389,10 @@ def _candidate_starts(text: str, scanners: Sequence[Any]) -> set[int]:
 
     Each scanner consumes the rest of the line after a hit, so it reports a line once.
     """
-    starts: set[int] = set()
-    add = starts.add
     rfind = text.rfind
+    starts: set[int] = set()
     for scanner in scanners:
-        for match in scanner.finditer(text):
-            add(rfind("\n", 0, match.start()) + 1)
+        starts.update(rfind("\n", 0, start) + 1 for start in map(_START, scanner.finditer(text)))
     return starts
 
 
@@ -521,9 +529,15 @@ def _timestamp(value: Any, now: datetime | None) -> datetime:
         return now or utc_now()
     if value.__class__ is str:
         try:
-            parsed = datetime.fromisoformat(value)
+            if value[-1:] == "Z" or value[-6:-5] in ("+", "-"):
+                parsed = datetime.fromisoformat(value)
+            else:  # zone-less, read as UTC; one parse is cheaper than parse + replace
+                return datetime.fromisoformat(value + "+00:00")
         except ValueError:
-            return now or utc_now()
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                return now or utc_now()
         return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
     if value.__class__ in _NUMBER_TYPES:
         try:
@@ -537,20 +551,9 @@ def _event(
     found: tuple[str, dict[str, Any]], fields: dict[str, Any], raw: str, now: datetime | None
 ) -> ProgressEvent:
     name, values = found
-    if not _STREAM_ONLY_SET.isdisjoint(values):
-        values = {key: value for key, value in values.items() if key not in _STREAM_ONLY}
-    if not fields:
-        return ProgressEvent(**values, timestamp=now or utc_now(), format=name, raw=raw)
-    get = fields.get
-    return ProgressEvent(
-        **values,
-        timestamp=_timestamp(get("timestamp"), now),
-        logger=get("logger"),
-        level=get("level"),
-        task_id=get("task_id"),
-        worker_id=get("worker_id"),
-        process=get("process"),
-        job_id=get("job_id"),
-        format=name,
-        raw=raw,
+    get = values.get
+    return ProgressEvent._checked_by_parser(
+        get("percent"), get("current"), get("total"), get("message") or "", get("stage"),
+        _timestamp(fields.get("timestamp"), now) if fields else now or utc_now(),
+        fields, name, raw,
     )

@@ -28,19 +28,23 @@ from morag_jobs.errors import PatternPackError
 
 __all__ = ["Recogniser", "RecogniserRules", "Shape", "build_rules"]
 
-# The shapes. Numbers must stand alone: not glued to letters, other digits, a decimal
-# point or a slash (so "%20" in a URL, "2026/11/29", "v1.2/3" and "x=3/5" are not shapes).
+# The shapes, found from their one literal character outward ("%", "/", " of "), so a
+# line costs a few C-speed finds rather than a regex tried at every position. Numbers
+# must stand alone: not glued to letters, other digits, a decimal point or a slash (so
+# "%20" in a URL, "2026/11/29", "v1.2/3" and "x=3/5" are not shapes).
 _UNIT = r"(?:[kKMGTPE]i?B?|[kKMGTPE]iB|B|bytes?|[kMG]b)"
-_SHAPES = re.compile(
-    r"(?<![\w.,/%=+-])(?P<percent>\d{1,3}+(?:[.,]\d{1,3}+)?)[ \t]?+%(?![\w%])"
-    r"|(?<![\w.,/:=+#-])(?P<current>\d++)(?:[ \t]*+/[ \t]*+|[ \t]++(?:of|out[ \t]of)[ \t]++)"
-    r"(?P<total>\d++)(?![\w.,/%-]|:\d)"
-    rf"|(?<![\w.,/:=+-])(?P<amount>\d++(?:[.,]\d++)?)[ \t]?+(?P<amount_unit>{_UNIT})?"
-    rf"[ \t]*+/[ \t]*+(?P<whole>\d++(?:[.,]\d++)?)[ \t]?+(?P<whole_unit>{_UNIT})(?![\w/])"
-)
-TRIGGERS = ("%", r"\d[ \t]*+/[ \t]*+\d", r"/[ \t]*+\d[\d.,]*+[ \t]?+[kKMGTPEB]",
-            r"\d[ \t]++(?:of|out[ \t]of)[ \t]++\d")
-"""What every line holding a shape contains: what :meth:`parse_chunk` scans blocks for."""
+_PERCENT_NUMBER = re.compile(r"(\d{1,3}+(?:[.,]\d{1,3}+)?)[ \t]?+\Z")
+_BEFORE_SLASH = re.compile(rf"(\d++(?:[.,]\d++)?)[ \t]?+({_UNIT})?[ \t]*+\Z")
+_AFTER_SLASH = re.compile(rf"[ \t]*+(\d++(?:[.,]\d++)?)(?:[ \t]?+({_UNIT})(?![\w/]))?")
+_BEFORE_OF = re.compile(r"(\d++)(?:[ \t]++out)?\Z")
+_AFTER_OF = re.compile(r" of[ \t]++(\d++)")
+_NOT_BEFORE_PERCENT = frozenset("._,/%=+-")
+_NOT_BEFORE_COUNT = frozenset("._,/:=+#-")
+_NOT_AFTER_COUNT = frozenset("._,/%-")
+TRIGGERS = ("%", r"/[ \t]*+\d", r" of\s+\d")
+"""What every line holding a shape contains: what :meth:`parse_chunk` scans blocks for.
+
+Each starts with a literal character, so a block is scanned at C speed."""
 
 _POWERS = "kmgtpe"
 _BINARY = 1024.0
@@ -173,12 +177,17 @@ class Recogniser:
 
     def shapes(self, text: str) -> list[Shape]:
         """Every shape in ``text``, scored; refused ones carry the word that refused them."""
-        found = [_shape(match) for match in _SHAPES.finditer(text)]
+        found = _find_shapes(text)
         if not found:
             return []
+        for shape in found:
+            self._refuse(text, shape)
+        if all(shape.refused is not None for shape in found):
+            return found  # every number here measures something else: no cue can help
         common, bar = self._common_score(text)
         for shape in found:
-            self._score(text, shape, common)
+            if shape.refused is None:
+                self._score(text, shape, common)
             shape.extras["bar"] = bar
         agreeing = self.rules.agreement_weight
         for shape in found:  # "5.0MiB/5.7MiB(87%)", "45% (450/1000)": two shapes, one figure
@@ -214,7 +223,7 @@ class Recogniser:
                     break
         message = best.label or text.strip()
         return {"percent": best.percent, "current": current, "total": total,
-                "message": message[:200], "stage": None, "label": best.label.lower(),
+                "message": message[:200], "stage": None, "label": text,
                 "bar": best.extras["bar"]}
 
     # -- scoring -----------------------------------------------------------------------
@@ -233,23 +242,29 @@ class Recogniser:
             score += self.rules.cue_word_weight
         return score, bar
 
-    def _score(self, text: str, shape: Shape, common: int) -> None:
-        rules = self.rules
+    def _refuse(self, text: str, shape: Shape) -> None:
+        """Refuse a number that its neighbours say measures something else."""
         before = text[max(0, shape.start - WINDOW) : shape.start]
         after = text[shape.end : shape.end + WINDOW]
         field_before = _FIELD_BREAK.split(before)[-1]
         field_after = _FIELD_BREAK.split(after, maxsplit=1)[0]
-        words_before = _WORD.findall(field_before.lower())
         words_after = _WORD.findall(field_after.lower())[:2]
-        for word in (*words_before[-3:], *words_after):
+        shape.extras["unit"] = words_after[0] if words_after else ""
+        for word in (*_WORD.findall(field_before.lower())[-3:], *words_after):
             if word in self._refusals:
                 shape.refused = word
                 return
-        if _EQUATION_BEFORE.search(before) or _EQUATION_AFTER.match(after):
+        if field_before.count('"') % 2 and '"' in field_after:
+            shape.refused = "inside a quoted string"
+        elif _EQUATION_BEFORE.search(before) or _EQUATION_AFTER.match(after):
             shape.refused = "a computed value (a ratio), not progress"
-            return
+
+    def _score(self, text: str, shape: Shape, common: int) -> None:
+        rules = self.rules
+        before = text[max(0, shape.start - WINDOW) : shape.start]
+        after = text[shape.end : shape.end + WINDOW]
         score = common
-        if shape.kind != "percent" and words_after and words_after[0] in self._units:
+        if shape.kind != "percent" and shape.extras["unit"] in self._units:
             score += rules.count_unit_weight
         at_start = _EDGE_BEFORE.fullmatch(text, 0, shape.start) is not None
         at_end = _EDGE_AFTER.fullmatch(text, shape.end) is not None
@@ -286,23 +301,93 @@ def _label(before: str) -> str:
     return ""
 
 
-def _shape(match: re.Match[str]) -> Shape:
-    start, end = match.span()
-    percent = match.group("percent")
-    if percent is not None:
-        value = float(percent.replace(",", "."))
-        return Shape("percent", start, end, percent=value if value <= 100.0 else None)
-    current = match.group("current")
-    if current is not None:
-        done, whole = int(current), int(match.group("total"))
-        valid = whole > 0 and done <= whole
-        return Shape("count", start, end, percent=done / whole * 100.0 if valid else None,
-                     current=done, total=whole)
-    amount = _bytes(match.group("amount"), match.group("amount_unit") or match.group("whole_unit"))
-    whole_amount = _bytes(match.group("whole"), match.group("whole_unit"))
-    valid = whole_amount > 0 and amount <= whole_amount * 1.0001
-    return Shape("amount", start, end,
-                 percent=min(100.0, amount / whole_amount * 100.0) if valid else None)
+def _alone(text: str, start: int, refused: frozenset[str]) -> bool:
+    """Whether the number starting at ``start`` stands alone on its left."""
+    if start == 0:
+        return True
+    before = text[start - 1]
+    return not (before.isalnum() or before in refused)
+
+
+def _find_shapes(text: str) -> list[Shape]:
+    found = [*_percents(text), *_slashes(text), *_counts_of(text)]
+    if len(found) > 1:
+        found.sort(key=lambda shape: shape.start)
+    return found
+
+
+def _percents(text: str) -> list[Shape]:
+    found = []
+    size = len(text)
+    index = text.find("%")
+    while index >= 0:
+        match = _PERCENT_NUMBER.search(text, max(0, index - 12), index)
+        after = text[index + 1 : index + 2]
+        if match is not None and _alone(text, match.start(), _NOT_BEFORE_PERCENT) and not (
+            after.isalnum() or after in ("%", "_")
+        ):
+            value = float(match.group(1).replace(",", "."))
+            found.append(Shape("percent", match.start(), min(index + 1, size),
+                               percent=value if value <= 100.0 else None))
+        index = text.find("%", index + 1)
+    return found
+
+
+def _slashes(text: str) -> list[Shape]:
+    found = []
+    index = text.find("/")
+    while index >= 0:
+        before = _BEFORE_SLASH.search(text, max(0, index - 24), index)
+        after = _AFTER_SLASH.match(text, index + 1) if before is not None else None
+        if before is not None and after is not None:
+            shape = _slash_shape(text, before, after)
+            if shape is not None:
+                found.append(shape)
+        index = text.find("/", index + 1)
+    return found
+
+
+def _slash_shape(text: str, before: re.Match[str], after: re.Match[str]) -> Shape | None:
+    start, end = before.start(), after.end()
+    amount, amount_unit = before.group(1), before.group(2)
+    whole, whole_unit = after.group(1), after.group(2)
+    if whole_unit:  # an amount against a total: 1.2/5.0 MB, 1.20M/5.00M
+        if not _alone(text, start, _NOT_BEFORE_COUNT):
+            return None
+        done, total = _bytes(amount, amount_unit or whole_unit), _bytes(whole, whole_unit)
+        valid = total > 0 and done <= total * 1.0001
+        return Shape("amount", start, end,
+                     percent=min(100.0, done / total * 100.0) if valid else None)
+    following = text[end : end + 2]
+    if amount_unit or not amount.isdigit() or not whole.isdigit() \
+            or not _alone(text, start, _NOT_BEFORE_COUNT) \
+            or following[:1].isalnum() or following[:1] in _NOT_AFTER_COUNT \
+            or (following[:1] == ":" and following[1:2].isdigit()):
+        return None
+    return _count(start, end, int(amount), int(whole))
+
+
+def _counts_of(text: str) -> list[Shape]:
+    found = []
+    index = text.find(" of ")
+    while index >= 0:
+        before = _BEFORE_OF.search(text, max(0, index - 24), index)
+        after = _AFTER_OF.match(text, index)
+        if before is not None and after is not None and _alone(
+            text, before.start(), _NOT_BEFORE_COUNT
+        ):
+            following = text[after.end() : after.end() + 1]
+            if not (following.isalnum() or following in _NOT_AFTER_COUNT):
+                found.append(_count(before.start(), after.end(), int(before.group(1)),
+                                    int(after.group(1))))
+        index = text.find(" of ", index + 1)
+    return found
+
+
+def _count(start: int, end: int, done: int, whole: int) -> Shape:
+    valid = whole > 0 and done <= whole
+    return Shape("count", start, end, percent=done / whole * 100.0 if valid else None,
+                 current=done, total=whole)
 
 
 def _bytes(number: str, unit: str | None) -> float:

@@ -33,6 +33,7 @@ __all__ = ["ProgressStream", "StreamStats"]
 _SWITCH_AFTER = 3
 """Another bar that finishes this many times while the followed one stands still takes over."""
 _LABEL_NOISE = re.compile(r"[\W\d_]+")
+_LEAD = re.compile(r"[^\d%|\[(#=━─█▉▊▋▌▍▎▏╸╺]*+")
 
 
 @dataclass(slots=True)
@@ -91,6 +92,10 @@ class ProgressStream:
         self._followed_percent = 0.0
         self._finishes_elsewhere = 0
         self._overall: tuple[Any, ...] | None = None
+        self._followed_label = ""  # the words the followed bar's line starts with
+        self._followed_closed = False
+        self._last_percent: float | None = None
+        self._last_current: int | None = None
 
     # -- input -----------------------------------------------------------------------------
 
@@ -156,9 +161,20 @@ class ProgressStream:
         for update in updates:
             self.stats.updates += 1
             event = self._update(update.text)
-            if event is not None:
-                self.stats.events += 1
-                events.append(event)
+            if event is None:
+                # The followed bar redrawn with words instead of a figure ("Reading
+                # package lists... Done"): that bar has ended, even short of 100%.
+                if self._followed_label and _label(update.text).startswith(self._followed_label):
+                    self._followed_closed = True
+                continue
+            if event.percent is not None:
+                self._followed_label = _label(update.text)
+            if event.percent is not None and event.percent == self._last_percent \
+                    and event.current == self._last_current:
+                continue  # the same figure drawn again: nothing new to report
+            self._last_percent, self._last_current = event.percent, event.current
+            self.stats.events += 1
+            events.append(event)
         return events
 
     def _update(self, text: str) -> ProgressEvent | None:
@@ -201,7 +217,7 @@ class ProgressStream:
         total = values.get("total")
         if total is not None:
             return (name, total)
-        return (name, None, _label(values) if values.get("bar") else "")
+        return (name, None, _label(values.get("label") or "") if values.get("bar") else "")
 
     def _learn(self, message: str) -> bool:
         """Remember what a context line says (a duration, a total to count toward)."""
@@ -263,7 +279,8 @@ class ProgressStream:
         if not self.follow_outer or self._followed is None or key == self._followed:
             self._adopt(key, percent)
             return True
-        if self._followed_percent >= 100.0 or self._finishes_elsewhere >= _SWITCH_AFTER:
+        if self._followed_percent >= 100.0 or self._followed_closed \
+                or self._finishes_elsewhere >= _SWITCH_AFTER:
             self._adopt(key, percent)
             return True
         if percent >= 100.0:
@@ -275,6 +292,7 @@ class ProgressStream:
         self._followed = key
         self._followed_percent = percent
         self._finishes_elsewhere = 0
+        self._followed_closed = False
 
     def _event(
         self, found: tuple[str, dict[str, Any]], fields: dict[str, Any], raw: str
@@ -297,7 +315,7 @@ class ProgressStream:
         )
 
 
-def _label(values: dict[str, Any]) -> str:
-    """A bar's name, without the numbers that change as it moves."""
-    label = values.get("label") or ""
-    return _LABEL_NOISE.sub(" ", label).strip().lower()[:40]
+def _label(text: str) -> str:
+    """A bar's name: the words it starts with, before its first figure or glyph."""
+    lead = _LEAD.match(text)
+    return _LABEL_NOISE.sub(" ", lead.group() if lead else "").strip().lower()[:40]

@@ -169,10 +169,12 @@ class TestFollowing:
         with LogFollower(log_path, handler=handler, job_id="job-1") as follower:
             seen = follow_while_writing(follower, LogWriter(log_path, lines, {}))
         expected = [text.strip() for text in lines]
-        expected[60] = "Transcribing"
+        # Bound to one job, the file is one stream: a bar drawn while the job's own
+        # "file N of 120" counter runs is an inner bar, counted and not followed.
+        del expected[60]
         assert messages(seen) == expected
         assert follower.stats.lines == 120
-        assert handler.stats.outcomes["applied"] == 120
+        assert handler.stats.outcomes["applied"] == 119
         assert store.require_job("job-1").percentage == 100.0
 
     @pytest.mark.parametrize("kind", ["rename", "copytruncate"])

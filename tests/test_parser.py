@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from morag_jobs import PatternPackError, ProgressEvent, ProgressEventParser
 from morag_jobs.packs import builtin_pack_dir, load_packs
+from morag_jobs.streams import ProgressStream
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "logs"
 BUILTIN = load_packs([builtin_pack_dir()])
@@ -37,6 +38,18 @@ def _examples() -> Iterator[Any]:
             yield pytest.param(example, id=f"{prefix.name}:{example['line'][:40]}")
     for example in BUILTIN.json.examples:
         yield pytest.param(example, id=f"json:{example['line'][:40]}")
+    for example in BUILTIN.recogniser.examples:
+        yield pytest.param(example, id=f"recogniser:{example['line'][:40]}")
+
+
+def _parse_example(parser: ProgressEventParser, example: dict[str, Any]) -> ProgressEvent | None:
+    """An example's event: a lone line through parse_line, one with a context line
+    (what it is measured against) through a stream, as run_with_progress reads it."""
+    if "context" not in example:
+        return parser.parse_line(example["line"])
+    stream = ProgressStream(parser)
+    events = stream.feed(example["context"] + "\n" + example["line"] + "\n") + stream.close()
+    return events[-1] if events else None
 
 
 def _check_expected(event: ProgressEvent | None, expected: dict[str, Any]) -> None:
@@ -45,7 +58,7 @@ def _check_expected(event: ProgressEvent | None, expected: dict[str, Any]) -> No
         return
     assert event is not None, f"{expected['line']!r} should give an event"
     for key, value in expected.items():
-        if key in ("line", "match"):
+        if key in ("line", "match", "context"):
             continue
         actual = getattr(event, key)
         if key == "timestamp":
@@ -58,7 +71,7 @@ class TestPatternPacks:
     def test_every_shipped_example_parses_as_its_pack_says(
         self, parser: ProgressEventParser, example: dict[str, Any]
     ) -> None:
-        _check_expected(parser.parse_line(example["line"]), example)
+        _check_expected(_parse_example(parser, example), example)
 
     def test_every_shipped_pattern_has_examples(self) -> None:
         bare = [p.name for p in BUILTIN.patterns if not p.examples]
@@ -81,8 +94,11 @@ class TestPatternPacks:
             "regex = '^Working\\.\\.\\. (?P<percent>\\d+)%'\ntrigger = '%'\n"
         )
         parser = ProgressEventParser([tmp_path], use_environment=False)
-        assert parser.parse_line("Processing... 75%") is None
-        assert parser.parse_line("Working... 75%").percent == 75.0  # type: ignore[union-attr]
+        replaced = parser.parse_line("Processing... 75%")
+        assert replaced is not None and replaced.format == "generic", (
+            "the built-in ellipsis pattern is gone; the general recogniser still reads the line"
+        )
+        assert parser.parse_line("Working... 75%").format == "morag.ellipsis"  # type: ignore[union-attr]
 
     def test_pattern_dirs_come_from_the_environment(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -101,7 +117,7 @@ class TestPatternPacks:
             ("[[pattern]]\nname = 'p'\nregex = '(?P<percent>\\d+'\n", r"\[p\]: regex does not"),
             ("[[pattern]]\nname = 'p'\nregex = '(?P<pct>\\d+)'\n",
              r"unknown named groups \['pct'\]"),
-            ("[[pattern]]\nname = 'p'\nregex = '(?P<message>x)'\n", "needs a 'percent' or"),
+            ("[[pattern]]\nname = 'p'\nregex = '(?P<message>x)'\n", "needs a 'percent', 'current'"),
             ("[[pattern]]\nname = 'p'\nregex = '(?P<percent>x)'\nprio = 1\n",
              r"unknown keys \['prio'\]"),
             ("[[pattern]]\nregex = '(?P<percent>x)'\n", "needs a 'name'"),
