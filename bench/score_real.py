@@ -10,8 +10,9 @@ Per capture it prints the updates in the truth, those recovered with the right p
 (within one point), whether the job's final percent is right, and the false positives
 (events on lines where the tool drew no progress). The final percent is the last
 event's, as the truth's is the tool's last word (a job's own percent never goes down,
-so for a tool whose phases each run to 100% the job stays at the highest). The summary line counts the updates
-whose own text carries a percent or n/N (``explicit``), the measure the thresholds use.
+so for a tool whose phases each run to 100% the job stays at the highest). The summary
+line counts the updates whose own text carries a percent or n/N (``explicit``), the
+measure the thresholds use.
 
     python bench/score_real.py [--corpus fixtures/logs/real] [--verbose NAME]
 """

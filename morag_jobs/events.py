@@ -73,7 +73,7 @@ class ProgressEvent:
             object.__setattr__(self, "timestamp", self.timestamp.replace(tzinfo=UTC))
 
     @classmethod
-    def _checked_by_parser(
+    def _checked_by_parser(  # noqa: PLR0917 - the parser's hot path passes positions
         cls,
         percent: float | None,
         current: int | None,
@@ -82,7 +82,7 @@ class ProgressEvent:
         stage: str | None,
         timestamp: datetime,
         fields: dict[str, Any],
-        format: str,  # noqa: A002 - the field's name
+        format: str,
         raw: str,
     ) -> ProgressEvent:
         """An event from values the parser has already checked (finite, in range, aware).
@@ -94,12 +94,25 @@ class ProgressEvent:
         if percent is None and current is not None and total:
             percent = current / total * 100.0
         get = fields.get
-        for setter, value in zip(_SETTERS, (
-            percent, current, total, message, stage, timestamp, get("logger"), get("level"),
-            get("task_id"), get("worker_id"), get("process"), get("job_id"), format, raw,
-            None, "log",
-        ), strict=True):
-            setter(event, value)
+        (s_percent, s_current, s_total, s_message, s_stage, s_timestamp, s_logger, s_level,
+         s_task_id, s_worker_id, s_process, s_job_id, s_format, s_raw, s_sequence,
+         s_source) = _SETTERS
+        s_percent(event, percent)
+        s_current(event, current)
+        s_total(event, total)
+        s_message(event, message)
+        s_stage(event, stage)
+        s_timestamp(event, timestamp)
+        s_logger(event, get("logger"))
+        s_level(event, get("level"))
+        s_task_id(event, get("task_id"))
+        s_worker_id(event, get("worker_id"))
+        s_process(event, get("process"))
+        s_job_id(event, get("job_id"))
+        s_format(event, format)
+        s_raw(event, raw)
+        s_sequence(event, None)
+        s_source(event, "log")
         return event
 
     # The names of the original MoRAG parser, kept so its callers keep working.

@@ -105,6 +105,14 @@ class Pattern:
     overall: bool = False
     """The tool's whole-run counter (rsync's ``to-chk``): a stream follows it over any bar."""
 
+    streams_only: bool = False
+    """``trigger = false``: only streams read this format; lone lines are not scanned for it."""
+
+    @property
+    def stream_keys(self) -> bool:
+        """Whether this pattern's values carry anything only a stream uses."""
+        return self.bar or self.overall or "time" in self.regex.groupindex
+
 
 @dataclass(frozen=True, slots=True)
 class Context:
@@ -312,14 +320,19 @@ def _build_pattern(path: Path, item: Any) -> Pattern:
         raise PatternPackError(
             path, "regex needs a 'percent', 'current' or 'time' group (or a fixed 'percent')", name
         )
+    # trigger = false: a lone line of this format says nothing worth an event (bytes with
+    # no total, ffmpeg's progress=end); only streams read it, so blocks are not scanned.
+    streams_only = item.get("trigger") is False
     prefilter = _prefilter(path, name, item, "prefilter")
-    trigger = _prefilter(path, name, item, "trigger") or prefilter
+    if streams_only and prefilter is None:
+        raise PatternPackError(path, "trigger = false needs a 'prefilter'", name)
+    trigger = None if streams_only else _prefilter(path, name, item, "trigger") or prefilter
     stage = item.get("stage")
     if stage is not None and not isinstance(stage, str):
         raise PatternPackError(path, "'stage' must be a string", name)
     return Pattern(name, compiled, prefilter or trigger, trigger, priority, stage, examples,
                    str(path), None if fixed is None else float(fixed), item.get("bar") is True,
-                   item.get("overall") is True)
+                   item.get("overall") is True, streams_only)
 
 
 def _required_prefilter(path: Path, name: str, item: dict[str, Any]) -> Prefilter:
@@ -349,7 +362,7 @@ def _build_ignore(path: Path, item: Any) -> Ignore:
 
 def _prefilter(path: Path, name: str, item: dict[str, Any], key: str) -> Prefilter | None:
     source = item.get(key)
-    if source is None:
+    if source is None or source is False:
         return None
     if not isinstance(source, str) or not source:
         raise PatternPackError(path, f"'{key}' must be a non-empty string", name)

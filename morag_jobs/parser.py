@@ -108,8 +108,9 @@ class ProgressEventParser:
         self._table = tuple(
             (
                 p.prefilter.literal if p.prefilter else None,
-                p.prefilter.scanner if p.prefilter and p.prefilter.literal is None else None,
-                p.regex,
+                p.prefilter.scanner.search if p.prefilter and p.prefilter.literal is None
+                else None,
+                p.regex.search,
                 p,
             )
             for p in self.patterns.patterns
@@ -117,7 +118,7 @@ class ProgressEventParser:
         self._recogniser = Recogniser(self.patterns.recogniser)
         self._ignores = tuple((i.prefilter, i.regex) for i in self.patterns.ignores)
         triggers = _minimal_triggers(
-            [p.trigger for p in self.patterns.patterns if p.trigger]
+            [p.trigger for p in self.patterns.patterns if p.trigger and not _needs_stream(p)]
             + [self._rules.trigger(), Prefilter.build("\x1b")]
             + [Prefilter.build(source) for source in TRIGGERS]
         )
@@ -127,7 +128,9 @@ class ProgressEventParser:
             compile_regex(f"(?:{t.scanner.pattern})[^\n]*+") for t in triggers
         )
         # A pattern without a prefilter could match any line, so nothing may be skipped.
-        self._scan_everything = any(p.trigger is None for p in self.patterns.patterns)
+        self._scan_everything = any(
+            p.trigger is None and not _needs_stream(p) for p in self.patterns.patterns
+        )
         if self._scan_everything:
             log.warning("pattern without prefilter: every line will be fully parsed")
 
@@ -248,7 +251,8 @@ class ProgressEventParser:
     def _parse_text(
         self, line: str, now: datetime | None, only: str | None = None
     ) -> ProgressEvent | None:
-        updates = redraws(line) if has_redraws(line) else (line,)
+        redrawn = "\r" in line or "\x1b" in line or "\x08" in line
+        updates = redraws(line) if redrawn else (line,)
         if not updates:
             return None
         envelope = None
@@ -256,19 +260,22 @@ class ProgressEventParser:
         for prefix in self._prefixes:
             envelope = prefix.match(first)
             if envelope is not None:
-                updates = [first[envelope.start("message") :], *updates[1:]]
+                first = first[envelope.start("message") :]
+                updates = (first,) if len(updates) == 1 else (first, *updates[1:])
                 break
-        message = updates[-1] if len(updates) == 1 else updates[0]
-        is_json = message[:1] == "{" or message.lstrip()[:1] == "{"
+        is_json = first[:1] == "{" or first.lstrip()[:1] == "{"
         if only is _JSON_ONLY and not is_json:
             return None
         if is_json and only is not _TEXT_ONLY and len(updates) == 1:
             fields = envelope.groupdict() if envelope is not None else {}
-            return self._parse_json(message.strip(), fields, line, now)
+            return self._parse_json(first.strip(), fields, line, now)
         for update in reversed(updates):
             found = self.match_update(update)
-            if found is not None and _is_progress(found[1]):
-                return _event(found, envelope.groupdict() if envelope else _NO_FIELDS, line, now)
+            if found is not None:
+                values = found[1]
+                if values["percent"] is not None or values["current"] is not None:
+                    fields = envelope.groupdict() if envelope is not None else _NO_FIELDS
+                    return _event(found, fields, line, now)
         return None
 
     def envelope(self, text: str) -> tuple[dict[str, Any], str]:
@@ -302,13 +309,13 @@ class ProgressEventParser:
         pattern that reads the line on its own, and is returned only when none does.
         """
         waiting = None
-        for literal, scanner, pattern_regex, pattern in self._table:
+        for literal, prefiltered, search, pattern in self._table:
             if literal is not None:
                 if literal not in text:
                     continue
-            elif scanner is not None and scanner.search(text) is None:
+            elif prefiltered is not None and prefiltered(text) is None:
                 continue
-            match = pattern_regex.search(text)
+            match = search(text)
             if match is not None:
                 values = _values(pattern, match.groupdict(), text)
                 if _is_progress(values):
@@ -371,6 +378,17 @@ def _decode(data: Any) -> str:
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data).decode("utf-8", "replace")
     return str(data)
+
+
+def _needs_stream(pattern: Pattern) -> bool:
+    """A pattern that reads only a time position: a lone line can never make it progress,
+    so blocks are not scanned for it (streams try every pattern on every update)."""
+    return pattern.streams_only or (
+        pattern.percent is None and not _ALONE_GROUPS & set(pattern.regex.groupindex)
+    )
+
+
+_ALONE_GROUPS = frozenset({"percent", "current", "remaining"})
 
 
 def _line_starts(text: str) -> list[int]:
@@ -484,14 +502,15 @@ def _values(pattern: Pattern, groups: dict[str, Any], text: str) -> dict[str, An
         "message": message.strip() if message else "",
         "stage": get("stage") or pattern.stage,
     }
-    position = get("time")
-    if position is not None:
-        values["time"] = seconds(position)
-    if pattern.bar:
-        values["bar"] = True
-        values["label"] = values["message"]
-    if pattern.overall:
-        values["overall"] = True
+    if pattern.stream_keys:  # what only a stream uses: a time position, a bar's name
+        position = get("time")
+        if position is not None:
+            values["time"] = seconds(position)
+        if pattern.bar:
+            values["bar"] = True
+            values["label"] = values["message"]
+        if pattern.overall:
+            values["overall"] = True
     return _checked(values)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,8 @@ _AFTER_OF = re.compile(r" of[ \t]++(\d++)")
 _NOT_BEFORE_PERCENT = frozenset("._,/%=+-")
 _NOT_BEFORE_COUNT = frozenset("._,/:=+#-")
 _NOT_AFTER_COUNT = frozenset("._,/%-")
-TRIGGERS = ("%", r"/[ \t]*+\d", r" of\s+\d")
+TRIGGERS = ("%", r"/(?:(?<=[\dBbkKMGTPEi]/)|(?<=[\dBbkKMGTPEi)][ \t]/))[ \t]*+\d",
+            r" of\s+\d")
 """What every line holding a shape contains: what :meth:`parse_chunk` scans blocks for.
 
 Each starts with a literal character, so a block is scanned at C speed."""
@@ -163,7 +164,8 @@ class Shape:
     score: int = 0
     refused: str | None = None
     label: str = ""
-    extras: dict[str, Any] = field(default_factory=dict)
+    bar: bool = False
+    unit: str = ""
 
 
 class Recogniser:
@@ -180,15 +182,17 @@ class Recogniser:
         found = _find_shapes(text)
         if not found:
             return []
-        for shape in found:
-            self._refuse(text, shape)
-        if all(shape.refused is not None for shape in found):
-            return found  # every number here measures something else: no cue can help
-        common, bar = self._common_score(text)
+        words = _WORD.findall(text.lower())
+        if not self._refusals.isdisjoint(words) or '"' in text or "=" in text:
+            for shape in found:
+                self._refuse(text, shape)
+            if all(shape.refused is not None for shape in found):
+                return found  # every number here measures something else: no cue can help
+        common, bar = self._common_score(text, words)
         for shape in found:
             if shape.refused is None:
                 self._score(text, shape, common)
-            shape.extras["bar"] = bar
+            shape.bar = bar
         agreeing = self.rules.agreement_weight
         for shape in found:  # "5.0MiB/5.7MiB(87%)", "45% (450/1000)": two shapes, one figure
             if shape.refused is None and any(_agree(text, shape, other) for other in found):
@@ -224,11 +228,11 @@ class Recogniser:
         message = best.label or text.strip()
         return {"percent": best.percent, "current": current, "total": total,
                 "message": message[:200], "stage": None, "label": text,
-                "bar": best.extras["bar"]}
+                "bar": best.bar}
 
     # -- scoring -----------------------------------------------------------------------
 
-    def _common_score(self, text: str) -> tuple[int, bool]:
+    def _common_score(self, text: str, words: list[str]) -> tuple[int, bool]:
         """The weight of the cues anywhere in ``text``, and whether one was a drawn bar."""
         score = 0
         bar = False
@@ -236,9 +240,7 @@ class Recogniser:
             if cue.regex.search(text) is not None:
                 score += cue.weight
                 bar = bar or cue.name == "bar"
-        lowered = text.lower()
-        cue_words = self._cue_words
-        if any(word in cue_words for word in _WORD.findall(lowered)):
+        if not self._cue_words.isdisjoint(words):
             score += self.rules.cue_word_weight
         return score, bar
 
@@ -249,7 +251,6 @@ class Recogniser:
         field_before = _FIELD_BREAK.split(before)[-1]
         field_after = _FIELD_BREAK.split(after, maxsplit=1)[0]
         words_after = _WORD.findall(field_after.lower())[:2]
-        shape.extras["unit"] = words_after[0] if words_after else ""
         for word in (*_WORD.findall(field_before.lower())[-3:], *words_after):
             if word in self._refusals:
                 shape.refused = word
@@ -264,7 +265,7 @@ class Recogniser:
         before = text[max(0, shape.start - WINDOW) : shape.start]
         after = text[shape.end : shape.end + WINDOW]
         score = common
-        if shape.kind != "percent" and shape.extras["unit"] in self._units:
+        if shape.kind != "percent" and _first_word(after) in self._units:
             score += rules.count_unit_weight
         at_start = _EDGE_BEFORE.fullmatch(text, 0, shape.start) is not None
         at_end = _EDGE_AFTER.fullmatch(text, shape.end) is not None
@@ -277,6 +278,13 @@ class Recogniser:
 
 
 _RANK = {"percent": 0, "count": 1, "amount": 2}
+_FIRST_WORD = re.compile(r"[ \t]*+([^\W\d_]{2,}+)")
+
+
+def _first_word(after: str) -> str:
+    """The word right after a number ("450/1000 items" -> "items"), lower-cased."""
+    match = _FIRST_WORD.match(after)
+    return match.group(1).lower() if match else ""
 _BETWEEN = re.compile(r"[\s(\[,]*+")
 
 
@@ -337,6 +345,10 @@ def _slashes(text: str) -> list[Shape]:
     found = []
     index = text.find("/")
     while index >= 0:
+        left = text[index - 1 : index] if index else ""
+        if not (left.isalnum() or left in (" ", "\t")):  # "(/", "//": no number ends here
+            index = text.find("/", index + 1)
+            continue
         before = _BEFORE_SLASH.search(text, max(0, index - 24), index)
         after = _AFTER_SLASH.match(text, index + 1) if before is not None else None
         if before is not None and after is not None:
