@@ -35,7 +35,7 @@ from morag_jobs.packs import (
     load_packs,
 )
 from morag_jobs.recognise import TRIGGERS, Recogniser
-from morag_jobs.terminal import has_redraws, redraws
+from morag_jobs.terminal import redraws
 
 __all__ = ["ParserStats", "ProgressEventParser"]
 
