@@ -111,11 +111,12 @@ def _unexpected(capture: Capture, number: int, percent: float | None) -> bool:
         return True
     if percent is None:  # a count without a total on a progress capture: no claim made
         return False
-    for kind in ("updates", "inner"):  # an inner bar's figure is a wrong bar, not a false claim
-        before = [u["percent"] for u in capture.truth.get(kind, []) if u["line"] <= number]
-        if before and abs(before[-1] - percent) <= TOLERANCE:
-            return False
-    return True
+    before = [u["percent"] for u in capture.truth.get("updates", []) if u["line"] <= number]
+    if before and abs(before[-1] - percent) <= TOLERANCE:
+        return False
+    # A figure an inner bar drew on this line is the wrong bar followed, not a false claim.
+    return not any(u["line"] == number and abs(u["percent"] - percent) <= TOLERANCE
+                   for u in capture.truth.get("inner", []))
 
 
 def score_lines(capture: Capture, parser: ProgressEventParser) -> Score:

@@ -239,6 +239,8 @@ class LogFollower:
         from_start: bool = False,
         checkpoint: str | Path | None = None,
         poll_interval: float = 0.25,
+        total: int | float | None = None,
+        duration: float | None = None,
     ) -> None:
         if job_id is not None and worker_id is not None:
             raise ValueError("pass either job_id or worker_id, not both")
@@ -261,7 +263,11 @@ class LogFollower:
         # Bound to one job, each file is one stream of that job's output: its progress may
         # span lines (ffmpeg's Duration, then time=) and draw nested bars. Unbound, a
         # file interleaves many tasks' lines, so each line stands alone.
-        self._streams = {name: ProgressStream(self.parser) for name in names} if job_id else {}
+        # ``total`` and ``duration`` are what the caller knows that the output may not say
+        # (items or bytes to do, a media length), as for run_with_progress.
+        self._streams = {
+            name: ProgressStream(self.parser, total=total, duration=duration) for name in names
+        } if job_id else {}
         self._known_jobs: dict[str, float | None] = {}
         marks, self._foreign = self._load_checkpoint(names)
         self._saved: dict[str, dict[str, Any]] | None = None

@@ -58,6 +58,9 @@ _EQUATION_AFTER = re.compile(r"[ \t]*+=(?!>)")
 _FIELD_BREAK = re.compile(r"[|,;()\[\]{}\t]| - | — |\s{3,}")
 WINDOW = 32
 """How many characters either side of a number its refusal words are looked for in."""
+MAX_SHAPES = 16
+"""A line with more numbers than this is a table or a dump: only its first ones are read."""
+_SAME_QUANTITY = "the same quantity as a refused number"
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,15 +197,20 @@ class Recogniser:
                 self._score(text, shape, common)
             shape.bar = bar
         agreeing = self.rules.agreement_weight
-        for shape in found:  # "5.0MiB/5.7MiB(87%)", "45% (450/1000)": two shapes, one figure
-            if shape.refused is None and any(_agree(text, shape, other) for other in found):
-                shape.score += agreeing
-        refused = [s.percent for s in found if s.refused is not None and s.percent is not None]
-        for shape in found:  # "fill 75% (768/1024 entries)": one quantity, said twice
-            if shape.refused is None and shape.percent is not None and any(
-                abs(shape.percent - other) <= 1.5 for other in refused
-            ):
-                shape.refused = "same quantity as a refused number"
+        # Two shapes that say one figure stand side by side, so only neighbours are
+        # compared: "5.0MiB/5.7MiB(87%)", "45% (450/1000)" agree; "fill 75% (768/1024
+        # entries)" is one quantity said twice, refused as a whole.
+        for before, after in zip(found, found[1:], strict=False):
+            for shape, other in ((before, after), (after, before)):
+                if shape.refused is None and _agree(text, shape, other):
+                    shape.score += agreeing
+        for before, after in zip(found, found[1:], strict=False):
+            for shape, other in ((before, after), (after, before)):
+                if shape.refused is None and other.refused is not None \
+                        and shape.percent is not None and other.percent is not None \
+                        and abs(shape.percent - other.percent) <= 1.5 \
+                        and other.refused != _SAME_QUANTITY:
+                    shape.refused = _SAME_QUANTITY
         return found
 
     def find(self, text: str) -> dict[str, Any] | None:
@@ -270,8 +278,8 @@ class Recogniser:
         at_start = _EDGE_BEFORE.fullmatch(text, 0, shape.start) is not None
         at_end = _EDGE_AFTER.fullmatch(text, shape.end) is not None
         score += rules.edge_weight * (at_start + at_end)  # a number alone on its line: both
-        if shape.kind == "percent" and before.rstrip(" \t")[-1:] in ("[", "(") \
-                and after.lstrip(" \t")[:1] in ("]", ")"):
+        if shape.kind != "count" and before.rstrip(" \t")[-1:] in ("[", "(") \
+                and after.lstrip(" \t")[:1] in ("]", ")"):  # "[ 45%]", "[ 17.1 KiB/ 17.1 KiB]"
             score += rules.bracket_weight
         shape.score = score
         shape.label = _label(text[: shape.start])
@@ -321,7 +329,7 @@ def _find_shapes(text: str) -> list[Shape]:
     found = [*_percents(text), *_slashes(text), *_counts_of(text)]
     if len(found) > 1:
         found.sort(key=lambda shape: shape.start)
-    return found
+    return found[:MAX_SHAPES]
 
 
 def _percents(text: str) -> list[Shape]:
@@ -337,6 +345,8 @@ def _percents(text: str) -> list[Shape]:
             value = float(match.group(1).replace(",", "."))
             found.append(Shape("percent", match.start(), min(index + 1, size),
                                percent=value if value <= 100.0 else None))
+            if len(found) >= MAX_SHAPES:
+                break
         index = text.find("%", index + 1)
     return found
 
@@ -355,6 +365,8 @@ def _slashes(text: str) -> list[Shape]:
             shape = _slash_shape(text, before, after)
             if shape is not None:
                 found.append(shape)
+                if len(found) >= MAX_SHAPES:
+                    break
         index = text.find("/", index + 1)
     return found
 
@@ -392,6 +404,8 @@ def _counts_of(text: str) -> list[Shape]:
             if not (following.isalnum() or following in _NOT_AFTER_COUNT):
                 found.append(_count(before.start(), after.end(), int(before.group(1)),
                                     int(after.group(1))))
+                if len(found) >= MAX_SHAPES:
+                    break
         index = text.find(" of ", index + 1)
     return found
 

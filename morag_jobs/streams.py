@@ -93,6 +93,7 @@ class ProgressStream:
         self._finishes_elsewhere = 0
         self._overall: tuple[Any, ...] | None = None
         self._followed_label = ""  # the words the followed bar's line starts with
+        self._followed_line = 0  # and the line it was last drawn on
         self._followed_closed = False
         self._last_percent: float | None = None
         self._last_current: int | None = None
@@ -162,13 +163,15 @@ class ProgressStream:
             self.stats.updates += 1
             event = self._update(update.text)
             if event is None:
-                # The followed bar redrawn with words instead of a figure ("Reading
-                # package lists... Done"): that bar has ended, even short of 100%.
-                if self._followed_label and _label(update.text).startswith(self._followed_label):
+                # The followed bar redrawn in place with words instead of a figure
+                # ("Reading package lists... Done"): it has ended, even short of 100%.
+                if update.line == self._followed_line and self._followed_label \
+                        and _label(update.text).startswith(self._followed_label):
                     self._followed_closed = True
                 continue
             if event.percent is not None:
                 self._followed_label = _label(update.text)
+                self._followed_line = update.line
             if event.percent is not None and event.percent == self._last_percent \
                     and event.current == self._last_current:
                 continue  # the same figure drawn again: nothing new to report

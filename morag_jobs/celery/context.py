@@ -73,6 +73,12 @@ class JobContext:
         if event.percent is None and event.current is None:
             return
         old = self.state
+        if event.percent is not None and old[0] is not None and event.percent < old[0] \
+                and (event.stage or old[4]) == old[4]:
+            # A lower figure in the same stage (a tool's next phase restarting at 0%) is
+            # one the handler refuses once the higher one is written; folding it in here
+            # would let a write that happens to fall between them lose the higher one.
+            return
         self.state = (event.percent, event.current, event.total,
                       event.message or old[3], event.stage or old[4])
         self.dirty = True

@@ -36,6 +36,14 @@ def tail(
     max_seconds: Annotated[float | None, typer.Option(
         "--max-seconds", min=0, help="Stop after this many seconds (default: until Ctrl-C).")
     ] = None,
+    total: Annotated[float | None, typer.Option(
+        "--total", min=0,
+        help="With --job: the item or byte count the output counts toward without saying it.")
+    ] = None,
+    duration: Annotated[float | None, typer.Option(
+        "--duration", min=0,
+        help="With --job: the media length in seconds, for output that prints time= positions.")
+    ] = None,
 ) -> None:
     """Follow PATHS like 'tail -F' (rotation included) and apply their progress to jobs.
 
@@ -45,6 +53,8 @@ def tail(
     """
     if job is not None and worker is not None:
         fail("--job and --worker cannot be used together", EXIT_USAGE)
+    if job is None and (total is not None or duration is not None):
+        fail("--total and --duration describe one job's output: use them with --job", EXIT_USAGE)
     for path in paths:
         if path.is_dir():
             fail(f"cannot follow {path}: it is a directory", EXIT_USAGE)
@@ -54,7 +64,7 @@ def tail(
         try:
             follower = LogFollower(paths, handler=handler, job_id=job, worker_id=worker,
                                    from_start=from_start, checkpoint=checkpoint,
-                                   poll_interval=interval)
+                                   poll_interval=interval, total=total, duration=duration)
         except CheckpointError as error:
             fail(str(error), EXIT_USAGE)
         with follower, _stop_on_signals() as stop:
