@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -200,11 +201,11 @@ class Recogniser:
         # Two shapes that say one figure stand side by side, so only neighbours are
         # compared: "5.0MiB/5.7MiB(87%)", "45% (450/1000)" agree; "fill 75% (768/1024
         # entries)" is one quantity said twice, refused as a whole.
-        for before, after in zip(found, found[1:], strict=False):
+        for before, after in pairwise(found):
             for shape, other in ((before, after), (after, before)):
                 if shape.refused is None and _agree(text, shape, other):
                     shape.score += agreeing
-        for before, after in zip(found, found[1:], strict=False):
+        for before, after in pairwise(found):
             for shape, other in ((before, after), (after, before)):
                 if shape.refused is None and other.refused is not None \
                         and shape.percent is not None and other.percent is not None \
