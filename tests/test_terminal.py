@@ -67,7 +67,7 @@ class TestSplitter:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list("ab 1%\r\n\b\x1b[0;12AKJmH78?") + ["é"])),
+@given(st.text(alphabet=st.sampled_from([*"ab 1%\r\n\b\x1b[0;12AKJmH78?", "é"])),
        st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=20))
 def test_splitting_the_input_anywhere_gives_the_same_updates(text: str, cuts: list[int]) -> None:
     whole = RedrawSplitter()
