@@ -390,10 +390,24 @@ class TestChunkPath:
         assert [e.percent for e in events] == [10.0]
 
 
+def _readme_packs() -> list[str]:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    return [block.split("```", 1)[0] for block in readme.split("```toml\n")[1:]]
+
+
+def test_the_readme_tuning_example_is_a_working_pack(tmp_path: Path) -> None:
+    """The [recogniser] table shown in the README adds the words it says it adds."""
+    (block,) = [b for b in _readme_packs() if "[recogniser]" in b]
+    (tmp_path / "tuning.toml").write_text(block)
+    line = "Vectorising 45% of the corpus"
+    assert ProgressEventParser(use_environment=False).parse_line(line) is None
+    event = ProgressEventParser([tmp_path], use_environment=False).parse_line(line)
+    assert event is not None and event.percent == 45.0
+
+
 def test_the_readme_pack_example_loads_and_its_examples_hold(tmp_path: Path) -> None:
     """The pattern pack shown in the README is a working pack."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    (block,) = [b for b in _readme_packs() if "[[pattern]]" in b]
     (tmp_path / "readme.toml").write_text(block)
     parser = ProgressEventParser([tmp_path], use_environment=False)
     (pattern,) = [p for p in parser.patterns.patterns if p.name == "ffmpeg.time"]
