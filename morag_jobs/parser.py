@@ -18,7 +18,7 @@ import json
 import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,19 @@ from morag_jobs.packs import (
 )
 from morag_jobs.recognise import TRIGGERS, Recogniser
 from morag_jobs.terminal import redraws
+from morag_jobs.values import (
+    Rejected,
+    event_from,
+    is_progress,
+    json_progress,
+    pick,
+    values_of,
+)
 
 __all__ = ["ParserStats", "ProgressEventParser"]
 
 log = structlog.get_logger(__name__)
 
-_NUMBER_TYPES = (int, float)
 
 
 @dataclass(slots=True)
@@ -68,10 +75,6 @@ class ParserStats:
             "rejected": self.rejected,
             "malformed": self.malformed,
         }
-
-
-class _Rejected(ValueError):
-    """A line that looks like progress but breaks a rule (e.g. 150%); counted, not raised."""
 
 
 class ProgressEventParser:
@@ -235,7 +238,7 @@ class ProgressEventParser:
         stats = self.stats
         try:
             event: ProgressEvent | None = parse(*args)
-        except _Rejected:
+        except Rejected:
             stats.rejected += 1
             return None
         except Exception:
@@ -275,7 +278,7 @@ class ProgressEventParser:
                 values = found[1]
                 if values["percent"] is not None or values["current"] is not None:
                     fields = envelope.groupdict() if envelope is not None else _NO_FIELDS
-                    return _event(found, fields, line, now)
+                    return event_from(found, fields, line, now)
         return None
 
     def envelope(self, text: str) -> tuple[dict[str, Any], str]:
@@ -291,7 +294,7 @@ class ProgressEventParser:
 
         The values may lack a percent: a ``time`` position or a count without total is
         for a :class:`~morag_jobs.streams.ProgressStream`, which knows what they are
-        measured against. Raises ``_Rejected`` for numbers that break the rules.
+        measured against. Raises ``Rejected`` for numbers that break the rules.
         """
         found = self._match(text)
         if found is not None:
@@ -317,8 +320,8 @@ class ProgressEventParser:
                 continue
             match = search(text)
             if match is not None:
-                values = _values(pattern, match.groupdict(), text)
-                if _is_progress(values):
+                values = values_of(pattern, match.groupdict(), text)
+                if is_progress(values):
                     return pattern.name, values
                 waiting = waiting or (pattern.name, values)
         return waiting
@@ -331,7 +334,7 @@ class ProgressEventParser:
         except (ValueError, RecursionError):
             # Not JSON after all ("{x} 50%"): the text patterns may still know it.
             found = self.match_update(text.rsplit("\r", maxsplit=1)[-1])
-            return _event(found, fields, raw, now) if found and _is_progress(found[1]) else None
+            return event_from(found, fields, raw, now) if found and is_progress(found[1]) else None
         if not isinstance(data, dict):
             return None
         return self._parse_mapping(data, fields, raw, now)
@@ -339,11 +342,11 @@ class ProgressEventParser:
     def _parse_mapping(
         self, data: Mapping[str, Any], fields: dict[str, Any], raw: str, now: datetime | None
     ) -> ProgressEvent | None:
-        found = _pick(data, self._json_roles)
+        found = pick(data, self._json_roles)
         for outer, roles in self._json_nested.items():
             nested = data.get(outer)
             if isinstance(nested, dict):
-                for key, value in _pick(nested, roles).items():
+                for key, value in pick(nested, roles).items():
                     found.setdefault(key, value)
         merged = dict(fields)
         for key in _JSON_IDENTITY:
@@ -352,21 +355,19 @@ class ProgressEventParser:
                 merged[key] = value if key == "timestamp" else str(value)
         message = found.get("message")
         message = message if isinstance(message, str) else ""
-        values = _json_progress(found, message)
+        values = json_progress(found, message)
         if values is None:
             found = self.match_update(message.split("\r")[-1]) if message else None
-            if found is None or not _is_progress(found[1]):
+            if found is None or not is_progress(found[1]):
                 return None
             found = (f"json+{found[0]}", found[1])
         else:
             found = ("json", values)
-        return _event(found, merged, raw, now)
+        return event_from(found, merged, raw, now)
 
 
 _NO_FIELDS: dict[str, Any] = {}
 _START = operator.methodcaller("start")
-_STREAM_ONLY = ("label", "time", "bar", "overall")
-_STREAM_ONLY_SET = frozenset(_STREAM_ONLY)
 _JSON_ONLY = "json"
 _TEXT_ONLY = "text"
 _JSON_IDENTITY = ("timestamp", "level", "logger", "task_id", "job_id", "worker_id")
@@ -423,156 +424,3 @@ def _minimal_triggers(prefilters: Iterable[Prefilter]) -> list[Prefilter]:
         for p in unique
         if p.literal is None or not any(o != p.literal and o in p.literal for o in literals)
     ]
-
-
-def _pick(data: Mapping[str, Any], roles: Mapping[str, tuple[str, int]]) -> dict[str, Any]:
-    """Role -> value in one pass over the fields; of two names for a role, the [json]
-    rules' earlier one wins (``event`` before ``message``)."""
-    found: dict[str, Any] = {}
-    ranks: dict[str, int] = {}
-    get = roles.get
-    for key, value in data.items():
-        role = get(key) if key.__class__ is str else None
-        if role is None or value is None:
-            continue
-        name, rank = role
-        if rank < ranks.get(name, 1 << 30):
-            found[name] = value
-            ranks[name] = rank
-    return found
-
-
-def _number(value: Any, name: str) -> float:
-    if value.__class__ not in _NUMBER_TYPES:
-        if isinstance(value, str):
-            try:
-                value = float(value.rstrip("% "))
-            except ValueError:
-                raise _Rejected(name) from None
-        else:
-            raise _Rejected(name)
-    return float(value)
-
-
-def _json_progress(found: Mapping[str, Any], message: str) -> dict[str, Any] | None:
-    """Progress carried by the fields themselves, or None when the fields carry none."""
-    values: dict[str, Any] = {}
-    percent = found.get("percent")
-    if percent is not None:
-        values["percent"] = _number(percent, "percent")
-    else:
-        progress = found.get("fraction_or_percent")
-        # docker pull's "progress" is its drawn bar ("[=>  ] 3.3MB/152MB"): not a number,
-        # so the counts beside it speak instead.
-        if progress is not None and not (isinstance(progress, str) and "[" in progress):
-            number = _number(progress, "progress")
-            values["percent"] = number * 100.0 if number <= 1.0 else number
-    current = found.get("current")
-    if current is not None:
-        values["current"] = int(_number(current, "current"))
-        total = found.get("total")
-        if total is not None:
-            values["total"] = int(_number(total, "total"))
-    stage = found.get("stage")
-    if isinstance(stage, str) and stage:
-        values["stage"] = stage
-    if "percent" not in values and "current" not in values:
-        return None
-    values["message"] = message
-    return _checked(values)
-
-
-def _values(pattern: Pattern, groups: dict[str, Any], text: str) -> dict[str, Any]:
-    """A pattern's named groups as typed values; no ``message`` group means the whole text."""
-    get = groups.get
-    percent = get("percent")
-    current = get("current")
-    total = get("total")
-    remaining = get("remaining")
-    if remaining is not None and total is not None:  # rsync's to-chk=R/T: T - R are done
-        current = str(max(0, int(total) - int(remaining)))
-    message = get("message") if "message" in groups else text
-    if percent is None and pattern.percent is not None:
-        percent = pattern.percent
-
-    values = {
-        "percent": None if percent is None else float(percent),
-        "current": None if current is None else int(current),
-        "total": None if total is None or current is None else int(total),
-        "message": message.strip() if message else "",
-        "stage": get("stage") or pattern.stage,
-    }
-    if pattern.stream_keys:  # what only a stream uses: a time position, a bar's name
-        position = get("time")
-        if position is not None:
-            values["time"] = seconds(position)
-        if pattern.bar:
-            values["bar"] = True
-            values["label"] = values["message"]
-        if pattern.overall:
-            values["overall"] = True
-    return _checked(values)
-
-
-def seconds(text: str) -> float:
-    """A time position as seconds: ``00:01:02.50``, ``1:02`` or ``62.5``."""
-    total = 0.0
-    for part in text.split(":"):
-        total = total * 60.0 + float(part)
-    return total
-
-
-def _is_progress(values: dict[str, Any]) -> bool:
-    """Whether values alone make an event (a bare time position needs a stream)."""
-    return values.get("percent") is not None or values.get("current") is not None
-
-
-def _checked(values: dict[str, Any]) -> dict[str, Any]:
-    """Apply the rules of what counts as progress; raise _Rejected for what does not."""
-    percent = values.get("percent")
-    current = values.get("current")
-    total = values.get("total")
-    if total is not None and (total <= 0 or current is None or current > total or current < 0):
-        raise _Rejected("current/total")
-    if percent is None:
-        if current is not None and current < 0:
-            raise _Rejected("current")
-        return values
-    if not 0.0 <= percent <= 100.0:  # also false for NaN
-        raise _Rejected("percent")
-    return values
-
-
-def _timestamp(value: Any, now: datetime | None) -> datetime:
-    if value is None:
-        return now or utc_now()
-    if value.__class__ is str:
-        try:
-            if value[-1:] == "Z" or value[-6:-5] in ("+", "-"):
-                parsed = datetime.fromisoformat(value)
-            else:  # zone-less, read as UTC; one parse is cheaper than parse + replace
-                return datetime.fromisoformat(value + "+00:00")
-        except ValueError:
-            try:
-                parsed = datetime.fromisoformat(value)
-            except ValueError:
-                return now or utc_now()
-        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-    if value.__class__ in _NUMBER_TYPES:
-        try:
-            return datetime.fromtimestamp(value, UTC)
-        except (OverflowError, OSError, ValueError):
-            return now or utc_now()
-    return now or utc_now()
-
-
-def _event(
-    found: tuple[str, dict[str, Any]], fields: dict[str, Any], raw: str, now: datetime | None
-) -> ProgressEvent:
-    name, values = found
-    get = values.get
-    return ProgressEvent._checked_by_parser(
-        get("percent"), get("current"), get("total"), get("message") or "", get("stage"),
-        _timestamp(fields.get("timestamp"), now) if fields else now or utc_now(),
-        fields, name, raw,
-    )

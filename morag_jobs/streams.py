@@ -25,8 +25,9 @@ from typing import Any
 
 from morag_jobs.events import ProgressEvent, utc_now
 from morag_jobs.packs import Context
-from morag_jobs.parser import ProgressEventParser, seconds
+from morag_jobs.parser import ProgressEventParser
 from morag_jobs.terminal import RedrawSplitter, Update, redraws
+from morag_jobs.values import seconds
 
 __all__ = ["ProgressStream", "StreamStats"]
 
