@@ -59,3 +59,24 @@ def test_module_and_console_script_are_the_same_command() -> None:
     by_script = subprocess.run([str(script), "--help"], capture_output=True, check=False)
     assert by_script.returncode == 0
     assert by_script.stdout == run("--help").stdout
+
+
+def test_parse_stream_reads_a_file_as_one_jobs_output() -> None:
+    """Every redraw counts, and the nested inner bars are left out."""
+    nested = FIXTURES / "real" / "tqdm-nested.log"
+    lines = run("parse", str(nested)).stdout.decode().splitlines()
+    streamed = run("parse", "--stream", "--json", str(nested))
+    assert streamed.returncode == 0, streamed.stderr
+    events = [json.loads(line) for line in streamed.stdout.decode().splitlines()]
+    assert [e["percent"] for e in events] == [0.0, 25.0, 50.0, 75.0, 100.0]
+    assert all(e["message"] == "outer" for e in events), "inner bars are not followed"
+    assert len(lines) != len(events)
+
+
+def test_parse_stream_takes_what_the_output_does_not_say() -> None:
+    capture = str(FIXTURES / "real" / "ffmpeg-lavfi-stats.log")
+    assert run("parse", "--stream", capture).stdout == b"", "no duration: no percent"
+    result = run("parse", "--stream", "--duration", "20", capture)
+    assert result.stdout.decode().splitlines()[-1].split()[1] == "100.00%"
+    refused = run("parse", "--duration", "20", capture)
+    assert refused.returncode == 2 and b"go with --stream" in refused.stderr
