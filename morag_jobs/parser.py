@@ -127,6 +127,16 @@ class ProgressEventParser:
         )
         self._literals = tuple(t.literal for t in triggers if t.literal is not None)
         self._scanners = tuple(t.scanner for t in triggers if t.literal is None)
+        # What a stream's update must hold to be worth parsing: the triggers, and every
+        # pattern's and context line's prefilter (streams read formats lone lines skip).
+        stream_only = _minimal_triggers(
+            [p.prefilter for p in self.patterns.patterns if p.prefilter]
+            + [c.prefilter for c in self.patterns.contexts]
+        )
+        self._stream_literals = self._literals + tuple(
+            t.literal for t in stream_only if t.literal is not None)
+        self._stream_scanners = self._scanners + tuple(
+            t.scanner for t in stream_only if t.literal is None)
         self._chunk_scanners = tuple(
             compile_regex(f"(?:{t.scanner.pattern})[^\n]*+") for t in triggers
         )
@@ -221,6 +231,16 @@ class ProgressEventParser:
         return latest
 
     # -- internals -----------------------------------------------------------------------
+
+    def may_hold_progress(self, text: str) -> bool:
+        """A cheap test a stream runs on each update: False means nothing here can matter
+        (no trigger, no stream-only format, no context line)."""
+        if self._scan_everything:
+            return True
+        for literal in self._stream_literals:
+            if literal in text:
+                return True
+        return any(scanner.search(text) for scanner in self._stream_scanners)
 
     def _triggered(self, line: str) -> bool:
         for literal in self._literals:

@@ -183,6 +183,8 @@ class ProgressStream:
 
     def _update(self, text: str) -> ProgressEvent | None:
         parser = self.parser
+        if not parser.may_hold_progress(text):
+            return None
         fields, message = parser.envelope(text)
         if self._contexts and self._learn(message):
             self.stats.context += 1

@@ -327,6 +327,18 @@ def test_the_log_tap_moves_the_job_with_a_logged_progress_line(
     assert (stored.percentage, stored.summary) == (75.0, "Processing...")
 
 
+def test_the_log_tap_reads_a_tasks_lines_as_one_stream(
+    runtime: Runtime, store: JobStore, job: Job, tapped_logger: logging.Logger
+) -> None:
+    """scikit-learn's total comes on one line and its fits on the lines after it."""
+    with job_context(job.id, runtime=runtime):
+        tapped_logger.info("Fitting 5 folds for each of 2 candidates, totalling 10 fits")
+        for fold in range(1, 6):
+            tapped_logger.info("[CV %d/5] END ....C=1;, score=0.967 total time=   0.0s", fold)
+        stored = written(runtime, store, job.id)
+    assert stored.percentage == 50.0, "5 of 10 fits, not the fold index 5/5"
+
+
 @pytest.mark.parametrize("line", ["CPU usage 95%", "disk 80% full", "loaded 3 models"])
 def test_the_log_tap_ignores_lines_the_parser_rejects(
     line: str, runtime: Runtime, store: JobStore, job: Job, tapped_logger: logging.Logger

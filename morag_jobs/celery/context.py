@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from contextvars import ContextVar
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from morag_jobs.errors import InvalidProgress, NoJobContext
 from morag_jobs.events import ProgressEvent
@@ -44,8 +44,8 @@ _EMPTY: State = (None, None, None, "", None)
 class JobContext:
     """The job a running task reports to, and the latest state it reported."""
 
-    __slots__ = ("dirty", "has_plan", "job_id", "known", "runtime", "stages", "state", "task_id",
-                 "token")
+    __slots__ = ("dirty", "has_plan", "job_id", "known", "log_stream", "runtime", "stages",
+                 "state", "task_id", "token")
 
     def __init__(self, job_id: str, task_id: str | None, runtime: Runtime) -> None:
         self.job_id = job_id
@@ -57,6 +57,9 @@ class JobContext:
         self.stages: list[Stage] = []
         self.token: object = None
         self.has_plan: bool | None = None
+        # The task's own log lines, read as one stream (state across lines, outer bars);
+        # made by the log tap on the first line, gone with the task.
+        self.log_stream: Any = None
 
     def take(self) -> ProgressEvent | None:
         """The state reported since the last take, as an event (None when nothing new)."""

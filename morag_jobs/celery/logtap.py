@@ -3,8 +3,9 @@
 ``ProgressLogHandler`` is a ``logging.Handler`` the plugin adds in worker processes;
 ``progress_processor`` does the same for structlog users. Both act only while a task
 with a job is running (a context-variable lookup otherwise), feed the record's message
-through the ``ProgressEventParser``, and fold only the lines it accepts into the task's
-latest state, exactly as ``report_progress`` would.
+through the task's own ``ProgressStream`` (so a "totalling 20 fits" line serves the fit
+lines after it, and a nested bar does not move the job), and fold the events it gives
+into the task's latest state, exactly as ``report_progress`` would.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from morag_jobs.celery.context import _CURRENT
 from morag_jobs.parser import ProgressEventParser
+from morag_jobs.streams import ProgressStream
 
 __all__ = ["ProgressLogHandler", "progress_processor"]
 
@@ -40,8 +42,10 @@ class ProgressLogHandler(logging.Handler):
         self._last = record  # a record reaching us through two loggers counts once
         _guard.active = True
         try:
-            event = self.parser.parse_line(record.getMessage())
-            if event is not None:
+            stream = context.log_stream
+            if stream is None:
+                stream = context.log_stream = ProgressStream(self.parser)
+            for event in stream.feed_line(record.getMessage()):
                 context.report_event(event)
         except Exception:  # logging must never fail because of progress
             self.handleError(record)
