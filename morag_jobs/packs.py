@@ -108,10 +108,8 @@ class Pattern:
     streams_only: bool = False
     """``trigger = false``: only streams read this format; lone lines are not scanned for it."""
 
-    @property
-    def stream_keys(self) -> bool:
-        """Whether this pattern's values carry anything only a stream uses."""
-        return self.bar or self.overall or "time" in self.regex.groupindex
+    stream_keys: bool = False
+    """Its values carry something only a stream uses (a time, a bar's name, ``overall``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +330,9 @@ def _build_pattern(path: Path, item: Any) -> Pattern:
         raise PatternPackError(path, "'stage' must be a string", name)
     return Pattern(name, compiled, prefilter or trigger, trigger, priority, stage, examples,
                    str(path), None if fixed is None else float(fixed), item.get("bar") is True,
-                   item.get("overall") is True, streams_only)
+                   item.get("overall") is True, streams_only,
+                   item.get("bar") is True or item.get("overall") is True
+                   or "time" in compiled.groupindex)
 
 
 def _required_prefilter(path: Path, name: str, item: dict[str, Any]) -> Prefilter:

@@ -90,9 +90,8 @@ def values_of(pattern: Pattern, groups: dict[str, Any], text: str) -> dict[str, 
     percent = get("percent")
     current = get("current")
     total = get("total")
-    remaining = get("remaining")
-    if remaining is not None and total is not None:  # rsync's to-chk=R/T: T - R are done
-        current = str(max(0, int(total) - int(remaining)))
+    if "remaining" in groups and total is not None:  # rsync's to-chk=R/T: T - R are done
+        current = str(max(0, int(total) - int(groups["remaining"])))
     message = get("message") if "message" in groups else text
     if percent is None and pattern.percent is not None:
         percent = pattern.percent
