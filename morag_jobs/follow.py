@@ -74,6 +74,9 @@ class FollowerStats:
     no_job: int = 0
     rotations: int = 0
     truncations: int = 0
+    untrusted: int = 0
+    """Events (counted in ``no_job`` too) whose line named a job, worker or task that an
+    unbound follower not told to trust line ids may not move."""
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -241,6 +244,7 @@ class LogFollower:
         poll_interval: float = 0.25,
         total: int | float | None = None,
         duration: float | None = None,
+        trust_line_ids: bool = False,
     ) -> None:
         if job_id is not None and worker_id is not None:
             raise ValueError("pass either job_id or worker_id, not both")
@@ -257,6 +261,9 @@ class LogFollower:
         self.parser = parser or (handler.parser if handler else ProgressEventParser())
         self.job_id = job_id
         self.worker_id = worker_id
+        # Unbound, a line could name any job (a JSON job_id, a forged Celery prefix in a
+        # logged value): such ids are followed only when the caller says the log is its own.
+        self.trust_line_ids = trust_line_ids
         self.poll_interval = poll_interval
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.stats = FollowerStats()
@@ -382,6 +389,10 @@ class LogFollower:
             return self.job_id
         if self.worker_id is not None:
             return handler.get_job_id_for_worker(self.worker_id)
+        if not self.trust_line_ids:
+            if event.job_id or event.worker_id or event.task_id:
+                self.stats.untrusted += 1
+            return None
         if event.job_id is not None:
             if handler.auto_create_jobs or self._job_exists(event.job_id):
                 return event.job_id

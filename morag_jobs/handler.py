@@ -14,12 +14,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 
 import structlog
 
 from morag_jobs import rules
 from morag_jobs.errors import InvalidProgress, JobExists, JobNotFound, StoreUnavailable
-from morag_jobs.events import ProgressEvent, check_percent
+from morag_jobs.events import ProgressEvent, check_percent, utc_now
 from morag_jobs.parser import ProgressEventParser
 from morag_jobs.store import Job, JobStatus, JobStore, Mutation
 from morag_jobs.webhooks import outbox_listener
@@ -27,6 +28,9 @@ from morag_jobs.writer import RETRYABLE, CoalescingWriter, brief
 
 __all__ = ["ApplyResult", "HandlerStats", "Listener", "ProgressHandler"]
 
+
+FUTURE_TOLERANCE = timedelta(seconds=5)
+"""How far ahead of this machine's clock an event's timestamp may be before it is clamped."""
 log = structlog.get_logger(__name__)
 
 Listener = Callable[[str, Job], None]
@@ -71,6 +75,8 @@ class HandlerStats:
     writes: int = 0
     write_errors: int = 0
     listener_errors: int = 0
+    future_timestamps: int = 0
+    """Events stamped ahead of this machine's clock, taken as arriving when they did."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count(self, source: str, outcome: str, n: int = 1) -> None:
@@ -160,6 +166,12 @@ class ProgressHandler:
             log.warning("percentage above 100 clamped to 100", job_id=target,
                         percent=event.percent)
             event = replace(event, percent=100.0)
+        arrived = utc_now()
+        if event.timestamp > arrived + FUTURE_TOLERANCE:
+            # A clock ahead of ours (a remote worker's, a log's local time read as UTC)
+            # must not make every later report look stale: it is taken as arriving now.
+            self.stats.future_timestamps += 1
+            event = replace(event, timestamp=arrived)
         if target in self._terminal:
             self.stats.count(event.source, "terminal")
             return ApplyResult(False, "terminal", target)

@@ -57,7 +57,9 @@ def judge(job: Job, event: ProgressEvent) -> Verdict:
     if event.sequence is not None and job.last_sequence is not None:
         if event.sequence <= job.last_sequence:
             return Verdict(False, "stale")
-    elif job.last_event_at is not None and event.timestamp < job.last_event_at:
+    elif job.last_event_at is not None and event.timestamp < min(job.last_event_at, utc_now()):
+        # A last time still in the future (written before clocks were clamped) is read as
+        # now, so it cannot freeze the job.
         return Verdict(False, "stale")
     plan = job.stages
     if plan is None:
@@ -88,7 +90,7 @@ def progress(job: Job, event: ProgressEvent, verdict: Verdict | None = None) -> 
         percentage = max(percentage, min(verdict.percentage, 100.0))
     changes: JobChanges = {
         "percentage": percentage,
-        "last_event_at": event.timestamp,
+        "last_event_at": min(event.timestamp, now),
         "last_progress_at": now,
         "heartbeat_at": now,
     }

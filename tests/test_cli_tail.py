@@ -76,8 +76,25 @@ def test_tail_without_a_job_counts_lines_and_creates_no_job(
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert "2 events: 0 applied, 2 without a job" in result.stderr
+    assert "1 naming a job not followed (see --trust-line-ids)" in result.stderr
     with JobStore(sqlite_url) as store:
         assert store.count_jobs() == 0
+
+
+def test_tail_trusts_line_ids_only_when_told_and_unbound(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    with JobStore(sqlite_url, create_tables=True) as store:
+        store.create_job(job_id="mine")
+    log = tmp_path / "own.log"
+    log.write_text('{"job_id": "mine", "percent": 20}\n')
+    result = tail(str(log), "--from-start", "--trust-line-ids", "--database", sqlite_url,
+                  "--max-seconds", "0")
+    assert result.returncode == 0, result.stderr
+    with JobStore(sqlite_url) as store:
+        assert store.require_job("mine").percentage == 20.0
+    both = tail(str(log), "--job", "mine", "--trust-line-ids", "--database", sqlite_url)
+    assert both.returncode == 2 and "--trust-line-ids is for files not bound" in both.stderr
 
 
 def test_tail_resumes_from_its_checkpoint(sqlite_url: str, tmp_path: Path) -> None:

@@ -332,7 +332,8 @@ class TestWhichJob:
                 + celery_line(OTHER_TASK_ID, "Processing file 3 of 4")
                 + json.dumps({"task_id": TASK_ID, "progress": 0.6, "event": "rows"}) + "\n"
             )
-            with LogFollower(log_path, handler=handler, from_start=True) as follower:
+            with LogFollower(log_path, handler=handler, from_start=True,
+                             trust_line_ids=True) as follower:
                 seen = list(follower.follow(max_seconds=0))
             handler.close()
             assert [f.job_id for f in seen] == [job.id, None, job.id]
@@ -350,14 +351,30 @@ class TestWhichJob:
             + json.dumps({"job_id": existing.id, "progress": 0.5}) + "\n"
             + '{"worker_id": "nobody", "percent": 10}\n'
         )
-        with LogFollower(log_path, handler=handler, from_start=True) as follower:
+        with LogFollower(log_path, handler=handler, from_start=True,
+                         trust_line_ids=True) as follower:
             follower.poll_once()
         assert follower.stats.to_dict() == {
             "lines": 4, "events": 4, "applied": 1, "refused": 0, "no_job": 3,
-            "rotations": 0, "truncations": 0,
+            "rotations": 0, "truncations": 0, "untrusted": 0,
         }
         assert store.count_jobs() == 1, "no job is created for a line without one"
         assert store.require_job(existing.id).percentage == 50.0
+
+    def test_an_unbound_follower_lets_no_line_choose_its_job(
+        self, store: JobStore, handler: ProgressHandler, log_path: Path
+    ) -> None:
+        """A JSON job_id or a Celery prefix forged in a logged value moves nothing."""
+        victim = store.create_job()
+        handler.register_task_mapping(TASK_ID, victim.id)
+        log_path.write_text(
+            json.dumps({"job_id": victim.id, "progress": 0.99}) + "\n"
+            + "user said: \n" + celery_line(TASK_ID, "Processing file 4 of 4")
+        )
+        with LogFollower(log_path, handler=handler, from_start=True) as follower:
+            follower.poll_once()
+        assert (follower.stats.applied, follower.stats.untrusted) == (0, 2)
+        assert store.require_job(victim.id).percentage == 0.0
 
     def test_an_ended_job_refuses_late_lines(
         self, store: JobStore, handler: ProgressHandler, log_path: Path

@@ -851,3 +851,20 @@ def test_many_processes_with_their_own_handlers_end_the_job_once(database_url: s
     writers = {event.message.split()[1] for event in history[:-1] if event.message}
     assert len(writers) >= 2, f"progress from several processes landed, got only {writers}"
     assert sum(r.accepted for r in reports) <= EVENTS_PER_WORKER * WORKERS
+
+
+def test_a_timestamp_from_the_future_does_not_freeze_the_job(
+    handler: ProgressHandler, store: JobStore
+) -> None:
+    """A remote clock an hour fast (or a year 2999 in a JSON log) is taken as now."""
+    store.create_job(job_id="future")
+    ahead = datetime.now(UTC) + timedelta(hours=1)
+    first = handler.apply(ProgressEvent(percent=10.0, timestamp=ahead), "future", immediate=True)
+    far = datetime(2999, 1, 1, tzinfo=UTC)
+    second = handler.apply(ProgressEvent(percent=20.0, timestamp=far), "future", immediate=True)
+    later = handler.apply(ProgressEvent(percent=30.0), "future", immediate=True)
+    assert [r.reason for r in (first, second, later)] == ["applied"] * 3
+    job = store.require_job("future")
+    assert job.percentage == 30.0, "a report with a true clock still moves the job"
+    assert job.last_event_at is not None and job.last_event_at <= datetime.now(UTC)
+    assert handler.stats.future_timestamps == 2

@@ -36,6 +36,10 @@ def tail(
     max_seconds: Annotated[float | None, typer.Option(
         "--max-seconds", min=0, help="Stop after this many seconds (default: until Ctrl-C).")
     ] = None,
+    trust_line_ids: Annotated[bool, typer.Option(
+        "--trust-line-ids",
+        help="Without --job/--worker: let each line name its job (a JSON job_id, a Celery "
+        "task id). Only for a log you own: any line could then move any job.")] = False,
     total: Annotated[float | None, typer.Option(
         "--total", min=0,
         help="With --job: the item or byte count the output counts toward without saying it.")
@@ -47,12 +51,15 @@ def tail(
 ) -> None:
     """Follow PATHS like 'tail -F' (rotation included) and apply their progress to jobs.
 
-    Without --job or --worker, each line names its job: a JSON job_id, or a task id or worker.
+    Bind the files to the jobs they may move: --job, --worker, or --trust-line-ids (each
+    line names its job: a JSON job_id, or a task id or worker; for logs you own).
 
     Lines without a job are counted, never guessed. Stops on Ctrl-C, SIGTERM or --max-seconds.
     """
     if job is not None and worker is not None:
         fail("--job and --worker cannot be used together", EXIT_USAGE)
+    if trust_line_ids and (job is not None or worker is not None):
+        fail("--trust-line-ids is for files not bound with --job or --worker", EXIT_USAGE)
     if job is None and (total is not None or duration is not None):
         fail("--total and --duration describe one job's output: use them with --job", EXIT_USAGE)
     for path in paths:
@@ -64,7 +71,8 @@ def tail(
         try:
             follower = LogFollower(paths, handler=handler, job_id=job, worker_id=worker,
                                    from_start=from_start, checkpoint=checkpoint,
-                                   poll_interval=interval, total=total, duration=duration)
+                                   poll_interval=interval, total=total, duration=duration,
+                                   trust_line_ids=trust_line_ids)
         except CheckpointError as error:
             fail(str(error), EXIT_USAGE)
         with follower, _stop_on_signals() as stop:
@@ -113,4 +121,6 @@ def _summary(stats: FollowerStats) -> str:
         f"{stats.lines} lines read, {stats.events} events: {stats.applied} applied, "
         f"{stats.no_job} without a job, {stats.refused} refused; "
         f"{stats.rotations} rotations ({stats.truncations} by truncation)"
+        + (f"; {stats.untrusted} naming a job not followed (see --trust-line-ids)"
+           if stats.untrusted else "")
     )
