@@ -111,3 +111,8 @@ def test_serve_masks_access_tokens_in_its_access_log() -> None:
         '127.0.0.1:5 - "GET /api/v1/stream?access_token=***&x=1 HTTP/1.1" 200'), (
         "the key never reaches the log")
     assert "redact_tokens" in config["handlers"]["access"]["filters"]
+    for spelled in ("%61ccess_token", "access%5Ftoken", "ACCESS_TOKEN", "access%255Ftoken"):
+        record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, "%s", (
+            f"/api/v1/stream?x=1&{spelled}=mjk_ab_secret",), None)
+        assert redact.filter(record) and "mjk_ab_secret" not in record.getMessage(), (
+            f"{spelled}: a name that decodes to access_token is masked too")

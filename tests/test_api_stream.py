@@ -106,6 +106,9 @@ def test_access_token_is_accepted_on_the_stream_routes_only(api: Api) -> None:
         assert response.status_code == 401, f"{method} {url} takes the key as a header only"
     assert api.client.get("/api/v1/stream", params={"access_token": "mjk_x_y"}).status_code \
         == 401, "an invalid token is refused"
+    for spelled in ("%61ccess_token", "access%5Ftoken"):
+        disguised = api.client.get(f"/api/v1/jobs/{job.id}/stream?{spelled}={admin}")
+        assert disguised.status_code == 401, f"{spelled}: only the exact name authenticates"
 
 
 def test_worker_keys_cannot_stream(api: Api) -> None:

@@ -297,5 +297,15 @@ async def authenticate_stream(
     credentials: Bearer,
     access_token: Annotated[str | None, Security(QUERY_TOKEN)],
 ) -> Principal:
-    """Like :func:`authenticate`, also accepting ``?access_token=`` (for EventSource)."""
+    """Like :func:`authenticate`, also accepting ``?access_token=`` (for EventSource).
+
+    Only the name spelled exactly so counts: ``?%61ccess_token=`` decodes to the same
+    name but is not what a client sends, and is what slips past log redaction.
+    """
+    if access_token is not None and not _literal_token_parameter(request.url.query):
+        access_token = None
     return await principal_of(request, credentials.credentials if credentials else access_token)
+
+
+def _literal_token_parameter(query: str) -> bool:
+    return any(part.split("=", 1)[0] == "access_token" for part in query.split("&"))

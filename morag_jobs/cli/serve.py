@@ -7,12 +7,26 @@ import logging
 import os
 import re
 from typing import Annotated, Any
+from urllib.parse import unquote_plus
 
 import typer
 
 from morag_jobs.cli._common import EXIT_USAGE, DatabaseOption, fail
 
-_TOKEN = re.compile(r"(access_token=)[^&\s\"]+")
+_PARAMETER = re.compile(r"([?&;])([^=&;\s\"]*+)=([^&;\s\"]*+)")
+
+
+def _redact(text: str) -> str:
+    """Every query value whose name decodes to ``access_token`` (``%61ccess_token``,
+    ``access%5Ftoken`` too) becomes ``***``: the name is judged after decoding."""
+
+    def mask(match: re.Match[str]) -> str:
+        name = unquote_plus(unquote_plus(match.group(2)))
+        if name.strip().lower() != "access_token":
+            return match.group()
+        return f"{match.group(1)}{match.group(2)}=***"
+
+    return _PARAMETER.sub(mask, text) if "=" in text else text
 
 
 class _RedactTokens(logging.Filter):
@@ -21,7 +35,7 @@ class _RedactTokens(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args:
             record.args = tuple(
-                _TOKEN.sub(r"\1***", arg) if isinstance(arg, str) else arg
+                _redact(arg) if isinstance(arg, str) else arg
                 for arg in record.args  # type: ignore[union-attr]
             )
         return True
