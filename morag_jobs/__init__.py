@@ -21,6 +21,7 @@ from morag_jobs.follow import FollowerStats, LogFollower
 from morag_jobs.handler import ApplyResult, HandlerStats, ProgressHandler
 from morag_jobs.parser import ParserStats, ProgressEventParser
 from morag_jobs.stages import StagePlan, get_stage_plan, register_stage_plan
+from morag_jobs.streams import ProgressStream, StreamStats
 from morag_jobs.store import Job, JobEventRecord, JobStatus, JobStore
 
 try:
@@ -48,8 +49,10 @@ __all__ = [
     "ProgressEvent",
     "ProgressEventParser",
     "ProgressHandler",
+    "ProgressStream",
     "StagePlan",
     "StoreUnavailable",
+    "StreamStats",
     "__version__",
     "get_stage_plan",
     "register_stage_plan",
