@@ -21,8 +21,8 @@ from morag_jobs.follow import FollowerStats, LogFollower
 from morag_jobs.handler import ApplyResult, HandlerStats, ProgressHandler
 from morag_jobs.parser import ParserStats, ProgressEventParser
 from morag_jobs.stages import StagePlan, get_stage_plan, register_stage_plan
-from morag_jobs.streams import ProgressStream, StreamStats
 from morag_jobs.store import Job, JobEventRecord, JobStatus, JobStore
+from morag_jobs.streams import ProgressStream, StreamStats
 
 try:
     __version__ = version("morag-jobs")
