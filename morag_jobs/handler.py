@@ -29,6 +29,8 @@ from morag_jobs.writer import RETRYABLE, CoalescingWriter, brief
 __all__ = ["ApplyResult", "HandlerStats", "Listener", "ProgressHandler"]
 
 
+MAPPING_CACHE_MAX = 4096
+"""Most task/worker -> job lookups the handler keeps cached (each for ``mapping_ttl``)."""
 FUTURE_TOLERANCE = timedelta(seconds=5)
 """How far ahead of this machine's clock an event's timestamp may be before it is clamped."""
 log = structlog.get_logger(__name__)
@@ -212,7 +214,7 @@ class ProgressHandler:
         """Progress from ``worker_id`` goes to ``job_id`` (persisted: every process sees it)."""
         self._ensure_job(job_id)
         self.store.set_mapping("worker", worker_id, job_id)
-        self._mappings["worker", worker_id] = (job_id, time.monotonic())
+        self._remember("worker", worker_id, job_id, time.monotonic())
 
     def unregister_job_mapping(self, worker_id: str) -> bool:
         self._mappings.pop(("worker", worker_id), None)
@@ -228,7 +230,7 @@ class ProgressHandler:
         """Progress from Celery task ``task_id`` goes to ``job_id``."""
         self._ensure_job(job_id)
         self.store.set_mapping("task", task_id, job_id)
-        self._mappings["task", task_id] = (job_id, time.monotonic())
+        self._remember("task", task_id, job_id, time.monotonic())
 
     def process_log_line(
         self, line: str | bytes, job_id: str | None = None, worker_id: str | None = None
@@ -427,6 +429,7 @@ class ProgressHandler:
         except RETRYABLE as error:
             log.warning("could not remove mappings of an ended job", job_id=job_id,
                         error=brief(error))
+        self._mappings.pop(("task", job_id), None)  # a plain .delay() task: its id is the job's
         for key, (mapped, _) in list(self._mappings.items()):
             if mapped == job_id:
                 self._mappings.pop(key, None)
@@ -451,8 +454,22 @@ class ProgressHandler:
         except RETRYABLE as error:
             log.warning("mapping lookup failed", kind=kind, key=key, error=brief(error))
             return cached[0] if cached is not None else None
-        self._mappings[kind, key] = (job_id, now)
+        self._remember(kind, key, job_id, now)
         return job_id
+
+    def _remember(self, kind: str, key: str, job_id: str | None, now: float) -> None:
+        """Cache a lookup (a miss too: a plain task asks again on every line). An entry
+        older than the TTL is worth nothing, so the cache keeps only the fresh ones and
+        never more than MAPPING_CACHE_MAX: state for a task ends with the task."""
+        mappings = self._mappings
+        mappings.pop((kind, key), None)  # re-inserted last: the dict is oldest first
+        mappings[kind, key] = (job_id, now)
+        if len(mappings) > MAPPING_CACHE_MAX:
+            cutoff = now - self._mapping_ttl
+            for old_key in [k for k, (_, at) in mappings.items() if at < cutoff]:
+                del mappings[old_key]
+            while len(mappings) > MAPPING_CACHE_MAX // 2:
+                del mappings[next(iter(mappings))]
 
     def _ensure_job(self, job_id: str, **fields: str) -> None:
         try:

@@ -30,7 +30,7 @@ from handler_helpers import (
 from structlog.testing import capture_logs
 
 from morag_jobs import InvalidProgress, ProgressEvent
-from morag_jobs.handler import ProgressHandler
+from morag_jobs.handler import MAPPING_CACHE_MAX, ProgressHandler
 from morag_jobs.stages import clear_stage_plans
 from morag_jobs.store import Job, JobStatus, JobStore
 
@@ -868,3 +868,17 @@ def test_a_timestamp_from_the_future_does_not_freeze_the_job(
     assert job.percentage == 30.0, "a report with a true clock still moves the job"
     assert job.last_event_at is not None and job.last_event_at <= datetime.now(UTC)
     assert handler.stats.future_timestamps == 2
+
+
+def test_task_lookups_are_not_kept_forever(handler: ProgressHandler, store: JobStore) -> None:
+    """Plain .delay() tasks each ask for their job: the cache of answers stays bounded,
+    and a task's entry goes when its job ends."""
+    for i in range(MAPPING_CACHE_MAX + 200):
+        handler.apply(ProgressEvent(percent=1.0, task_id=f"plain-{i}"))
+    cached = handler._mappings  # the handler's private cache: its size is the point here
+    assert len(cached) <= MAPPING_CACHE_MAX, f"{len(cached)} lookups kept"
+    store.create_job(job_id="plain-done")
+    handler.apply(ProgressEvent(percent=5.0, task_id="plain-done"))
+    assert ("task", "plain-done") in cached
+    handler.handle_job_completion("plain-done", True, "done")
+    assert ("task", "plain-done") not in cached, "an ended task's lookup is forgotten"
