@@ -7,7 +7,13 @@ own. Tests that need a service skip with the reason when it is down, unless
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +29,51 @@ REQUIRE_SERVICES = os.environ.get("MORAG_REQUIRE_SERVICES") == "1"
 POSTGRES_ADMIN_URL = os.environ.get(
     "MORAG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
+
+
+def _private_redis() -> str | None:
+    """A throw-away redis-server on a free port, stopped when the test session ends.
+
+    The machine's Redis is shared with other work: the tests flush the databases they
+    use, so they use a server of their own. Worker processes the tests start inherit
+    its address through the environment and never start another.
+    """
+    server = shutil.which("redis-server")
+    if server is None:
+        return None
+    directory = tempfile.mkdtemp(prefix="morag-test-redis-")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--appendonly", "no", "--dir", directory],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    starter = os.getpid()
+
+    def stop() -> None:
+        if os.getpid() == starter:  # not from a forked child that happens to exit
+            process.terminate()
+            process.wait(10)
+            shutil.rmtree(directory, ignore_errors=True)
+
+    atexit.register(stop)
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            client.ping()
+            return f"redis://127.0.0.1:{port}"
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+        finally:
+            client.close()
+    return None
+
+
+if "MORAG_TEST_REDIS_URL" not in os.environ and (_OWN := _private_redis()) is not None:
+    os.environ["MORAG_TEST_REDIS_URL"] = f"{_OWN}/15"
+    os.environ.setdefault("MORAG_TEST_CELERY_BROKER_URL", f"{_OWN}/14")
 REDIS_URL = os.environ.get("MORAG_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
@@ -75,7 +126,11 @@ def fresh_postgres_schema(base_url: str, *, migrate: bool = False) -> str:
 
 @contextmanager
 def flushed_redis(url: str) -> Iterator[redis.Redis]:
-    """A client on the Redis database at ``url``, emptied before and after the block."""
+    """A client on the Redis database at ``url``, emptied before and after the block.
+
+    ``url`` is on the tests' own server (see ``_private_redis``); set
+    ``MORAG_TEST_REDIS_URL`` only to a server whose databases 14 and 15 may be emptied.
+    """
     client = redis.Redis.from_url(url)
     try:
         client.flushdb()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests import services
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,3 +40,13 @@ def test_the_image_installs_what_the_services_run() -> None:
     assert 'pip install --no-cache-dir ".[postgres]"' in dockerfile
     compose = (ROOT / "docker-compose.yml").read_text()
     assert "morag_jobs.demo" in compose and "morag-jobs" in compose
+
+
+def test_the_suite_flushes_only_a_redis_server_of_its_own() -> None:
+    """The machine's Redis is shared: the databases the tests empty are on their own server."""
+    own = getattr(services, "_OWN", None)
+    if own is None:
+        pytest.skip("MORAG_TEST_REDIS_URL names the server (its owner chose it), or no "
+                    "redis-server binary to start one")
+    assert services.REDIS_URL.startswith(own) and not own.endswith(":6379")
+    assert os.environ["MORAG_TEST_CELERY_BROKER_URL"].startswith(own)
