@@ -235,18 +235,11 @@ class ProgressEventParser:
     def may_hold_progress(self, text: str) -> bool:
         """A cheap test a stream runs on each update: False means nothing here can matter
         (no trigger, no stream-only format, no context line)."""
-        if self._scan_everything:
-            return True
-        for literal in self._stream_literals:
-            if literal in text:
-                return True
-        return any(scanner.search(text) for scanner in self._stream_scanners)
+        return self._scan_everything or _holds_any(
+            text, self._stream_literals, self._stream_scanners)
 
     def _triggered(self, line: str) -> bool:
-        for literal in self._literals:
-            if literal in line:
-                return True
-        return any(scanner.search(line) for scanner in self._scanners)
+        return _holds_any(line, self._literals, self._scanners)
 
     def _parse_counted(
         self, line: str, now: datetime | None, only: str | None = None
@@ -399,6 +392,15 @@ def _decode(data: Any) -> str:
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data).decode("utf-8", "replace")
     return str(data)
+
+
+def _holds_any(text: str, literals: Sequence[str], scanners: Sequence[Any]) -> bool:
+    """Whether ``text`` holds one of the literals (tested first: ``in`` is cheapest) or
+    matches one of the scanners."""
+    for literal in literals:
+        if literal in text:
+            return True
+    return any(scanner.search(text) for scanner in scanners)
 
 
 def _needs_stream(pattern: Pattern) -> bool:

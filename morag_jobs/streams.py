@@ -93,6 +93,7 @@ class ProgressStream:
         self._followed_percent = 0.0
         self._finishes_elsewhere = 0
         self._overall: tuple[Any, ...] | None = None
+        self._records = 0
         self._followed_label = ""  # the words the followed bar's line starts with
         self._followed_line = 0  # and the line it was last drawn on
         self._followed_closed = False
@@ -122,10 +123,14 @@ class ProgressStream:
             return self._events(updates)
 
     def feed_line(self, line: str) -> list[ProgressEvent]:
-        """One complete log line (a logging record's message): every update in it counts."""
-        splitter = RedrawSplitter()
+        """One complete log line (a logging record's message): every update in it counts.
+
+        The log tap calls this for every record a task logs, so a line without redraws
+        goes straight to the parser's cheap test, with no screen replayed for it.
+        """
         with self._lock:
-            return self._events([*splitter.feed(line), *splitter.close()])
+            self._records += 1  # each record is a line of its own
+            return self._events([Update(text, self._records) for text in redraws(line)])
 
     def peek(self, line: str | bytes) -> ProgressEvent | None:
         """The latest update of a line still being drawn, if the job follows it.

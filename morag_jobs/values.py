@@ -19,8 +19,6 @@ __all__ = ["Rejected", "checked", "event_from", "is_progress", "json_progress", 
            "seconds", "values_of"]
 
 _NUMBER_TYPES = (int, float)
-_STREAM_ONLY = ("label", "time", "bar", "overall")
-_STREAM_ONLY_SET = frozenset(_STREAM_ONLY)
 
 
 class Rejected(ValueError):
@@ -56,6 +54,14 @@ def _number(value: Any, name: str) -> float:
     return float(value)
 
 
+def _is_number(value: Any) -> bool:
+    try:
+        _number(value, "value")
+    except Rejected:
+        return False
+    return True
+
+
 def json_progress(found: Mapping[str, Any], message: str) -> dict[str, Any] | None:
     """Progress carried by the fields themselves, or None when the fields carry none."""
     values: dict[str, Any] = {}
@@ -64,9 +70,11 @@ def json_progress(found: Mapping[str, Any], message: str) -> dict[str, Any] | No
         values["percent"] = _number(percent, "percent")
     else:
         progress = found.get("fraction_or_percent")
-        # docker pull's "progress" is its drawn bar ("[=>  ] 3.3MB/152MB"): not a number,
-        # so the counts beside it speak instead.
-        if progress is not None and not (isinstance(progress, str) and "[" in progress):
+        # A "progress" that is no number (docker pull's drawn bar, "[=>  ] 3.3MB/152MB")
+        # gives way to the counts beside it; alone, it is rejected.
+        if progress is not None and not (
+            found.get("current") is not None and not _is_number(progress)
+        ):
             number = _number(progress, "progress")
             values["percent"] = number * 100.0 if number <= 1.0 else number
     current = found.get("current")
