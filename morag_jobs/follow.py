@@ -1,85 +1,41 @@
 """``LogFollower``: follow log files like ``tail -F`` and hand their progress to the handler.
 
-Lines are read as bytes and split on ``\\n`` only, so a tqdm bar's ``\\r`` updates stay
-one line; a line is handed over once its newline arrives. Until then a bar that is still
-drawing its line is shown live: the updates before its last ``\\r`` are parsed as they
-come, so a long bar moves its job while it runs instead of only when it ends.
-
-Rotation: when the name points to another file (rename), the old file is read to its
-end and the new one from its start; when the file shrinks or its first bytes change
-(copytruncate), it is read from its start again, after the rest of the copy when the
-copy lies beside it. A checkpoint remembers, per path, which file (device, inode, a
-hash of its first bytes) was read up to which offset, so a restart resumes where the
-last run stopped, finishing a file that was rotated away in between.
+A pass reads every file (:mod:`morag_jobs.tailing`: rotation, truncation, files rotated
+away between two looks), parses what it read, records in the checkpoint what is about
+to be applied, hands the events to the handler, has them written, and records the new
+place. That order is what makes each line apply once across a SIGKILL; the guarantee
+and its limits are spelt out in :mod:`morag_jobs.checkpoint`. A checkpoint remembers,
+per path, which file (device, inode, a hash of its first bytes) was read up to which
+offset, so a restart resumes where the last run stopped, finishing first the files
+rotated away in between.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
 
 import structlog
 
-from morag_jobs.errors import MoragJobsError
-from morag_jobs.events import ProgressEvent
+from morag_jobs.checkpoint import Checkpoint, CheckpointError, InFlight, Mark, landed
+from morag_jobs.events import ProgressEvent, utc_now
 from morag_jobs.handler import ApplyResult, ProgressHandler
+from morag_jobs.logfile import PASS_BYTES
 from morag_jobs.parser import ProgressEventParser
+from morag_jobs.store import Job
 from morag_jobs.streams import ProgressStream
+from morag_jobs.tailing import FollowerStats, Tail
 from morag_jobs.writer import RETRYABLE, brief
 
 __all__ = ["CheckpointError", "FollowedEvent", "FollowerStats", "LogFollower"]
 
 log = structlog.get_logger(__name__)
 
-FINGERPRINT_BYTES = 64
-"""How many bytes at a file's start (and before the checkpoint offset) identify it."""
-READ_BYTES = 1 << 20
-PASS_BYTES = 8 << 20
-"""Per file and pass, so one busy file does not starve the others."""
-MAX_LINE_BYTES = 4 << 20
-"""A line still without its newline at this size is handed over as it is."""
-_COMPACT_BYTES = 64 << 10
 _NEGATIVE_TTL = 2.0
-_MAX_SIBLINGS = 50
-
-
-class CheckpointError(MoragJobsError, ValueError):
-    """A checkpoint file that cannot be read or written."""
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"checkpoint {self.path}: {reason}; fix or delete it to start over")
-
-
-@dataclass(slots=True)
-class FollowerStats:
-    """What the follower has seen; an event is ``applied``, ``refused`` or ``no_job``.
-
-    ``lines`` counts whole lines; ``events`` also counts the live updates of a ``\\r``
-    line still being drawn. ``rotations`` include ``truncations`` (copytruncate).
-    """
-
-    lines: int = 0
-    events: int = 0
-    applied: int = 0
-    refused: int = 0
-    no_job: int = 0
-    rotations: int = 0
-    truncations: int = 0
-    untrusted: int = 0
-    """Events (counted in ``no_job`` too) whose line named a job, worker or task that an
-    unbound follower not told to trust line ids may not move."""
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,124 +53,14 @@ class FollowedEvent:
 
 
 @dataclass(slots=True)
-class _Mark:
-    """A checkpoint entry: which file was read how far (``inode`` None: none yet)."""
+class _Read:
+    """An event read in this pass; ``replayed``: it was in flight when the last run died."""
 
-    device: int | None = None
-    inode: int | None = None
-    offset: int = 0
-    head: str = ""
-    head_size: int = 0
-    before: str = ""
-
-    @classmethod
-    def load(cls, data: Any) -> _Mark:
-        mark = cls(**data)
-        if not isinstance(mark.offset, int) or mark.offset < 0:
-            raise ValueError(f"bad offset {mark.offset!r}")
-        return mark
-
-
-@dataclass(slots=True)
-class _Open:
-    """One open file and how far it has been read."""
-
-    file: BinaryIO
-    device: int
-    inode: int
-    offset: int  # just after the last whole line handed over
-    position: int  # where the next read starts
-    pending: bytes = b""  # read, but not yet a whole line
-    head: bytes = b""  # the file's first bytes, to notice it was truncated or replaced
-    before: bytes = b""  # the bytes just before ``offset``, to recognise a copy
-    live_upto: int = 0  # pending[:live_upto] was already parsed as live updates
-    compacted: bool = False  # pending lost its middle (see _live)
-
-    def mark(self) -> _Mark:
-        return _Mark(self.device, self.inode, self.offset, _sha(self.head), len(self.head),
-                     _sha(self.before))
-
-
-class _Tail:
-    """One followed path: the file at it now, and a rotated-away one still to finish."""
-
-    def __init__(self, path: str, stats: FollowerStats) -> None:
-        self.path = path
-        self.stats = stats
-        self.source: _Open | None = None
-        self.draining: _Open | None = None
-
-    def start(self, mark: _Mark | None, from_start: bool) -> None:
-        """Where to begin: the checkpoint's place, else the start or the end of the file."""
-        source = _open(self.path, None)
-        self.source = source
-        if mark is None:
-            if source is not None and from_start:
-                _rewind(source)
-            elif source is not None:
-                _back_to_line_start(source)
-            return
-        if source is not None and _same_file(source, mark):
-            source.file.seek(mark.offset)
-            source.position = mark.offset
-            _advance(source, mark.offset)
-            return
-        self.draining = _find_rotated(self.path, mark, _identity(source))
-        if self.draining is not None:
-            self.stats.rotations += 1
-            log.info("resuming a rotated log file", path=self.path)
-        if source is not None:
-            _rewind(source)
-
-    def mark(self) -> _Mark:
-        return self.source.mark() if self.source is not None else _Mark()
-
-    def close(self) -> None:
-        for opened in (self.draining, self.source):
-            if opened is not None:
-                opened.file.close()
-        self.source = self.draining = None
-
-    def blocks(self, budget: list[int]) -> Iterator[tuple[bytes, bool]]:
-        """What there is to hand over, in file order: (bytes, whole lines or a live update)."""
-        yield from self._drain()
-        source = self.source
-        if source is None:
-            self.source = source = _open(self.path, 0)
-            if source is None:
-                return
-        try:
-            status = os.stat(self.path)
-            moved = (status.st_dev, status.st_ino) != (source.device, source.inode)
-        except OSError:
-            moved = True
-        if moved:
-            self.draining, self.source = source, None
-            self.stats.rotations += 1
-            log.info("log file rotated", path=self.path)
-            yield from self._drain()
-            self.source = source = _open(self.path, 0)
-            if source is None:
-                return
-        elif _truncated(source):
-            self.stats.rotations += 1
-            self.stats.truncations += 1
-            log.info("log file truncated", path=self.path)
-            self.draining = _find_rotated(self.path, source.mark(), _identity(source))
-            yield from self._drain()
-            _rewind(source)
-        yield from _read(source, budget, final=False)
-
-    def _drain(self) -> Iterator[tuple[bytes, bool]]:
-        """Read a file that will not grow any more to its end, then close it."""
-        old = self.draining
-        if old is None:
-            return
-        try:
-            yield from _read(old, [1 << 62], final=True)
-        finally:
-            old.file.close()
-            self.draining = None
+    path: str
+    event: ProgressEvent
+    replayed: bool
+    job_id: str | None = None
+    skip: bool = False
 
 
 class LogFollower:
@@ -276,11 +122,15 @@ class LogFollower:
             name: ProgressStream(self.parser, total=total, duration=duration) for name in names
         } if job_id else {}
         self._known_jobs: dict[str, float | None] = {}
-        marks, self._foreign = self._load_checkpoint(names)
-        self._saved: dict[str, dict[str, Any]] | None = None
-        self._tails = [_Tail(name, self.stats) for name in names]
+        self._file = Checkpoint(self.checkpoint) if self.checkpoint is not None else None
+        marks, self._in_flight = self._file.load(names) if self._file else ({}, {})
+        self._tails = [Tail(name, self.stats) for name in names]
         for tail in self._tails:
             tail.start(marks.get(tail.path), from_start)
+        # What the checkpoint file says (None: not written by this run yet), and the
+        # marks a pass starts from, which its in-flight record keeps.
+        self._saved: dict[str, Mark] | None = None
+        self._committed = {tail.path: marks.get(tail.path) or tail.mark() for tail in self._tails}
 
     # -- running ---------------------------------------------------------------------------
 
@@ -332,22 +182,51 @@ class LogFollower:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def save_checkpoint(self) -> None:
+        """Write the checkpoint (atomically) when anything was read since it was written."""
+        if self._file is None:
+            return
+        marks = {tail.path: tail.mark() for tail in self._tails}
+        if marks != self._saved:
+            self._file.save(marks)
+            self._saved = self._committed = marks
+
     # -- one pass --------------------------------------------------------------------------
 
     def _pass(self) -> tuple[int, list[FollowedEvent], bool]:
-        """Read, parse and apply what every file has; the handler is flushed once, at the end."""
+        """Read and parse what every file has, then hand it over; the handler is flushed
+        once, at the end, and the checkpoint written before and after (see the module)."""
         lines = self.stats.lines
-        followed: list[FollowedEvent] = []
+        reads, in_flight, busy = self._read()
+        self.stats.events += len(reads)
+        if self.handler is None:
+            followed = [FollowedEvent(r.path, r.event, self.job_id or r.event.job_id)
+                        for r in reads]
+        else:
+            followed = self._apply(reads, in_flight)
+        self._in_flight = {}
+        return self.stats.lines - lines, followed, busy
+
+    def _read(self) -> tuple[list[_Read], dict[str, InFlight], bool]:
+        # Before anything this pass hands over can be written; a pass that reads again
+        # what was in flight keeps that record's time, as the spans it covers are the same.
+        at = min((record.at for record in self._in_flight.values()), default=utc_now())
+        reads: list[_Read] = []
+        in_flight: dict[str, InFlight] = {}
         busy = False
         for tail in self._tails:
             budget = [PASS_BYTES]
-            for data, whole in tail.blocks(budget):
-                events = self._parse(data, whole, self._streams.get(tail.path))
-                followed.extend(self._hand_over(tail.path, events))
+            stream = self._streams.get(tail.path)
+            replay = self._in_flight.get(tail.path)
+            for block in tail.blocks(budget):
+                parts = replay.split(block) if replay and block.whole else [(block.data, False)]
+                for data, replayed in parts:
+                    reads += [_Read(tail.path, event, replayed)
+                              for event in self._parse(data, block.whole, stream)]
+                if block.whole:
+                    in_flight.setdefault(tail.path, InFlight(at)).add(block)
             busy = busy or budget[0] <= 0
-        if self.handler is not None and followed:
-            self.handler.flush()
-        return self.stats.lines - lines, followed, busy
+        return reads, in_flight, busy
 
     def _parse(
         self, data: bytes, whole: bool, stream: ProgressStream | None
@@ -360,25 +239,50 @@ class LogFollower:
         event = stream.peek(data) if stream is not None else self.parser.parse_line(data)
         return [event] if event is not None else []
 
-    def _hand_over(self, path: str, events: list[ProgressEvent]) -> list[FollowedEvent]:
-        stats = self.stats
-        stats.events += len(events)
-        if self.handler is None:
-            return [FollowedEvent(path, event, self.job_id or event.job_id) for event in events]
-        followed = []
-        for event in events:
-            job_id = self._resolve(event)
-            if job_id is None:
-                stats.no_job += 1
-                followed.append(FollowedEvent(path, event))
-                continue
-            result = self.handler.apply(event, job_id)
-            if result.accepted:
-                stats.applied += 1
-            else:
-                stats.refused += 1
-            followed.append(FollowedEvent(path, event, job_id, result))
+    def _apply(self, reads: list[_Read], in_flight: dict[str, InFlight]) -> list[FollowedEvent]:
+        handler = self.handler
+        assert handler is not None
+        for read in reads:
+            read.job_id = self._resolve(read.event)
+        if self._in_flight:
+            self._skip_landed(reads)
+        if self._file is not None and in_flight and any(r.job_id and not r.skip for r in reads):
+            self._file.save(self._committed, in_flight)
+            self._saved = None
+        followed = [self._hand_over(read) for read in reads if not read.skip]
+        if followed:
+            handler.flush()
+        self.save_checkpoint()
         return followed
+
+    def _skip_landed(self, reads: list[_Read]) -> None:
+        """Mark the events read again that the job table shows applied before the restart."""
+        since = min(record.at for record in self._in_flight.values())
+        by_job: dict[str, list[_Read]] = {}
+        for read in reads:
+            if read.replayed and read.job_id is not None:
+                by_job.setdefault(read.job_id, []).append(read)
+        for job_id, mine in by_job.items():
+            count = landed(self._fetch(job_id), [read.event for read in mine], since)
+            for read in mine[:count]:
+                read.skip = True
+            self.stats.already_applied += count
+            if count:
+                log.info("skipping lines applied before the restart", job_id=job_id,
+                         events=count, of=len(mine))
+
+    def _hand_over(self, read: _Read) -> FollowedEvent:
+        stats = self.stats
+        if read.job_id is None:
+            stats.no_job += 1
+            return FollowedEvent(read.path, read.event)
+        assert self.handler is not None
+        result = self.handler.apply(read.event, read.job_id)
+        if result.accepted:
+            stats.applied += 1
+        else:
+            stats.refused += 1
+        return FollowedEvent(read.path, read.event, read.job_id, result)
 
     # -- which job -------------------------------------------------------------------------
 
@@ -422,225 +326,12 @@ class LogFollower:
         self._known_jobs[job_id] = None if exists else time.monotonic()
         return exists
 
-    # -- checkpoint ------------------------------------------------------------------------
-
-    def save_checkpoint(self) -> None:
-        """Write the checkpoint (atomically) when anything was read since it was written."""
-        if self.checkpoint is None:
-            return
-        marks = {tail.path: asdict(tail.mark()) for tail in self._tails}
-        if marks == self._saved:
-            return
-        data = {"version": 1, "files": {**self._foreign, **marks}}
-        temporary = self.checkpoint.with_name(f".{self.checkpoint.name}.{os.getpid()}.tmp")
+    def _fetch(self, job_id: str) -> Job | None:
+        """The job's row, to see what landed before a restart (unreadable: nothing did)."""
+        assert self.handler is not None
         try:
-            with open(temporary, "w", encoding="utf-8") as file:
-                json.dump(data, file, indent=1, sort_keys=True)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.checkpoint)
-        except OSError as error:
-            raise CheckpointError(self.checkpoint, error.strerror or str(error)) from error
-        self._saved = marks
-
-    def _load_checkpoint(
-        self, names: list[str]
-    ) -> tuple[dict[str, _Mark], dict[str, dict[str, Any]]]:
-        """The checkpoint's marks for ``names``, and its entries for other paths (kept)."""
-        if self.checkpoint is None or not self.checkpoint.exists():
-            return {}, {}
-        try:
-            files = json.loads(self.checkpoint.read_text(encoding="utf-8"))["files"]
-            marks = {name: _Mark.load(files[name]) for name in names if name in files}
-        except OSError as error:
-            raise CheckpointError(self.checkpoint, error.strerror or str(error)) from error
-        except (ValueError, TypeError, KeyError) as error:
-            raise CheckpointError(
-                self.checkpoint, f"not a morag-jobs checkpoint ({error})"
-            ) from error
-        return marks, {k: v for k, v in files.items() if k not in names}
-
-
-# -- reading files -------------------------------------------------------------------------
-
-
-def _open(path: str, position: int | None) -> _Open | None:
-    """The file at ``path`` at ``position`` (None: its end), or None when there is none."""
-    try:
-        file = open(path, "rb", buffering=0)  # noqa: SIM115 - stays open while followed
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        log.warning("log file cannot be opened yet", path=path, error=str(error))
-        return None
-    status = os.fstat(file.fileno())
-    position = status.st_size if position is None else position
-    file.seek(position)
-    source = _Open(file, status.st_dev, status.st_ino, position, position)
-    source.head = _pread(source, FINGERPRINT_BYTES, 0)
-    _advance(source, position)
-    return source
-
-
-def _read(src: _Open, budget: list[int], *, final: bool) -> Iterator[tuple[bytes, bool]]:
-    """Blocks of whole lines from ``src`` (``final``: the file has ended, so its last
-    line is whole without a newline), then the live update of a line still drawn."""
-    while budget[0] > 0:
-        start = src.position
-        try:
-            data = src.file.read(min(READ_BYTES, budget[0]))
-        except OSError as error:
-            log.warning("log file not readable", error=str(error))
-            return
-        if not data:
-            break
-        if start == 0:
-            src.head = data[:FINGERPRINT_BYTES]
-        elif _pread(src, len(src.head), 0) != src.head:
-            # Truncated and rewritten since the last look: these bytes are not the next
-            # ones of what was read. Leave them for the next pass, which starts over.
-            src.file.seek(start)
-            return
-        src.position += len(data)
-        budget[0] -= len(data)
-        cut = data.rfind(b"\n") + 1
-        if cut:
-            block, src.pending = src.pending + data[:cut], data[cut:]
-            _advance(src, start + cut, block)
-            yield block, True
-        else:
-            src.pending += data
-        if len(src.pending) > MAX_LINE_BYTES:
-            yield _whole_pending(src)
-    if final and src.pending:
-        yield _whole_pending(src)
-    elif not final and b"\r" in src.pending:
-        yield from _live(src)
-
-
-def _live(src: _Open) -> Iterator[tuple[bytes, bool]]:
-    """The updates of a ``\\r``-separated line still being drawn, each once."""
-    last = src.pending.rfind(b"\r")
-    if last > src.live_upto:
-        src.live_upto = last
-        yield src.pending[:last], False
-    if len(src.pending) > _COMPACT_BYTES:
-        # Keep what the parser looks at: the line's prefix and its latest update.
-        first = src.pending.find(b"\r")
-        src.pending = src.pending[:first] + src.pending[last:]
-        src.live_upto = first
-        src.compacted = True
-
-
-def _whole_pending(src: _Open) -> tuple[bytes, bool]:
-    block, src.pending = src.pending, b""
-    _advance(src, src.position, block)
-    return block, True
-
-
-def _advance(src: _Open, offset: int, block: bytes | None = None) -> None:
-    """Everything before ``offset`` (the last bytes of it ``block``) has been handed over."""
-    size = min(offset, FINGERPRINT_BYTES)
-    if block is None or src.compacted:
-        src.before = _pread(src, size, offset - size)
-    else:
-        src.before = (src.before + block)[len(src.before) + len(block) - size:]
-    src.offset = offset
-    src.live_upto = 0
-    src.compacted = False
-
-
-def _rewind(src: _Open) -> None:
-    """Read ``src`` again from its start (it was truncated, or is new)."""
-    src.file.seek(0)
-    src.position = 0
-    src.pending = src.before = b""
-    src.head = _pread(src, FINGERPRINT_BYTES, 0)
-    _advance(src, 0)
-
-
-def _back_to_line_start(src: _Open) -> None:
-    """Start at the end, but before a last line still being written, to read it whole."""
-    tail = _pread(src, min(src.position, _COMPACT_BYTES), max(src.position - _COMPACT_BYTES, 0))
-    start = src.position - len(tail) + tail.rfind(b"\n") + 1
-    if tail and not tail.endswith(b"\n") and (b"\n" in tail or start == 0):
-        src.file.seek(start)
-        src.position = start
-        _advance(src, start)
-
-
-def _pread(src: _Open, size: int, offset: int) -> bytes:
-    try:
-        return os.pread(src.file.fileno(), size, offset)
-    except OSError:
-        return b""
-
-
-def _identity(src: _Open | None) -> tuple[int, int] | None:
-    return (src.device, src.inode) if src is not None else None
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-# -- recognising files ---------------------------------------------------------------------
-
-
-def _truncated(src: _Open) -> bool:
-    """Whether the file shrank below what was read or its first bytes changed."""
-    try:
-        size = os.fstat(src.file.fileno()).st_size
-    except OSError:
-        return False
-    head = _pread(src, FINGERPRINT_BYTES, 0)
-    if size < src.position or not head.startswith(src.head):
-        return True
-    src.head = head
-    return False
-
-
-def _same_file(src: _Open, mark: _Mark) -> bool:
-    """Whether ``src`` is the file ``mark`` was taken on, still holding what was read."""
-    return (
-        _identity(src) == (mark.device, mark.inode)
-        and os.fstat(src.file.fileno()).st_size >= mark.offset
-        and _same_content(src, mark, check_before=False)
-    )
-
-
-def _same_content(src: _Open, mark: _Mark, *, check_before: bool) -> bool:
-    head = _pread(src, mark.head_size, 0)
-    if len(head) != mark.head_size or _sha(head) != mark.head:
-        return False
-    return not check_before or _sha(src.before) == mark.before
-
-
-def _find_rotated(path: str, mark: _Mark, exclude: tuple[int, int] | None) -> _Open | None:
-    """The file that was at ``path`` when ``mark`` was taken, now beside it, at the mark.
-
-    Found by inode (renamed) or else by content (a copytruncate copy): its first bytes
-    and the bytes before the mark's offset are the ones that were read.
-    """
-    if mark.inode is None:
-        return None
-    directory, name = os.path.split(path)
-    try:
-        with os.scandir(directory) as scan:
-            siblings = [(e.stat(), e.path) for e in scan
-                        if e.name.startswith(name) and e.name != name and e.is_file()]
-    except OSError:
-        return None
-    siblings = sorted(siblings, key=lambda s: s[0].st_mtime, reverse=True)[:_MAX_SIBLINGS]
-    renamed = [p for st, p in siblings if (st.st_dev, st.st_ino) == (mark.device, mark.inode)]
-    copies = [p for st, p in siblings if mark.head_size > 0 and p not in renamed
-              and (st.st_dev, st.st_ino) != exclude]
-    for candidate, by_content in [(p, False) for p in renamed] + [(p, True) for p in copies]:
-        src = _open(candidate, mark.offset)
-        if src is None:
-            continue
-        big_enough = os.fstat(src.file.fileno()).st_size >= mark.offset
-        if big_enough and _same_content(src, mark, check_before=by_content):
-            return src
-        src.file.close()
-    return None
+            return self.handler.store.get_job(job_id)
+        except RETRYABLE as error:
+            log.warning("job lookup failed; its lines in flight at the restart are applied "
+                        "again", job_id=job_id, error=brief(error))
+            return None

@@ -356,7 +356,8 @@ class TestWhichJob:
             follower.poll_once()
         assert follower.stats.to_dict() == {
             "lines": 4, "events": 4, "applied": 1, "refused": 0, "no_job": 3,
-            "rotations": 0, "truncations": 0, "untrusted": 0,
+            "rotations": 0, "truncations": 0, "untrusted": 0, "already_applied": 0,
+            "truncated_unread": 0, "unread_bytes": 0,
         }
         assert store.count_jobs() == 1, "no job is created for a line without one"
         assert store.require_job(existing.id).percentage == 50.0
