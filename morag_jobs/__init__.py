@@ -15,6 +15,7 @@ from morag_jobs.errors import (
     NoJobContext,
     PatternPackError,
     StoreUnavailable,
+    WebhookURLRefused,
 )
 from morag_jobs.events import ProgressEvent
 from morag_jobs.follow import FollowerStats, LogFollower
@@ -53,6 +54,7 @@ __all__ = [
     "StagePlan",
     "StoreUnavailable",
     "StreamStats",
+    "WebhookURLRefused",
     "__version__",
     "get_stage_plan",
     "register_stage_plan",

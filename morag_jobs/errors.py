@@ -9,7 +9,8 @@
      ├── JobExists              a new job whose id the job table already holds
      ├── ConcurrencyConflict    an update that lost the race to other writers too often
      ├── NoJobContext           report_progress() called outside a job
-     └── StoreUnavailable       the job database could not be reached
+     ├── StoreUnavailable       the job database could not be reached
+     └── WebhookURLRefused      a webhook URL that is not http(s), or a host that is not public
 """
 
 from __future__ import annotations
@@ -81,3 +82,12 @@ class StoreUnavailable(MoragJobsError):
         self.url = url
         self.reason = reason
         super().__init__(f"job database {url} unreachable: {reason}")
+
+
+class WebhookURLRefused(MoragJobsError, ValueError):
+    """A webhook URL the delivery policy refuses; ``reason`` states the rule it breaks."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"webhook URL {url!r} refused: {reason}")

@@ -7,12 +7,17 @@ from pathlib import Path
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "api_max_streams_per_key",
     "database_url",
     "demo_broker",
     "demo_directory",
     "log_level",
     "pattern_dirs",
+    "redelivery_timeout",
+    "webhook_allow_private",
+    "webhook_concurrency",
     "webhook_secret",
+    "webhook_timeout",
 ]
 
 DEFAULT_DATABASE_URL = "sqlite:///morag_jobs.db"
@@ -48,3 +53,48 @@ def demo_directory() -> Path | None:
 def demo_broker() -> str | None:
     """``MORAG_DEMO_BROKER``: a broker URL for the demo instead of the embedded one."""
     return os.environ.get("MORAG_DEMO_BROKER") or None
+
+
+def api_max_streams_per_key() -> int:
+    """``MORAG_API_MAX_STREAMS_PER_KEY``: event streams one key may hold open (default 8)."""
+    return int(_positive("MORAG_API_MAX_STREAMS_PER_KEY", int, "8",
+                         "the streams one key may hold open"))
+
+
+def webhook_timeout() -> float:
+    """``MORAG_WEBHOOK_TIMEOUT``: seconds one delivery attempt may take in all (default 10)."""
+    return _positive("MORAG_WEBHOOK_TIMEOUT", float, "10", "the seconds one attempt may take")
+
+
+def webhook_concurrency() -> int:
+    """``MORAG_WEBHOOK_CONCURRENCY``: deliveries in flight at once, one per endpoint (default 8)."""
+    return int(_positive("MORAG_WEBHOOK_CONCURRENCY", int, "8", "how many deliveries at once"))
+
+
+def webhook_allow_private() -> bool:
+    """``MORAG_WEBHOOK_ALLOW_PRIVATE=1``: deliver to loopback and private addresses too (SSRF)."""
+    raw = os.environ.get("MORAG_WEBHOOK_ALLOW_PRIVATE") or "0"
+    if raw.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"MORAG_WEBHOOK_ALLOW_PRIVATE={raw!r} is neither 1 nor 0")
+
+
+def _positive(name: str, kind: type[int] | type[float], default: str, meaning: str) -> float:
+    raw = os.environ.get(name) or default
+    try:
+        value = float(kind(raw))
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):  # NaN fails this too
+        raise ValueError(f"{name}={raw!r} is not a positive {kind.__name__}; set it to {meaning}, "
+                         f"e.g. {default}")
+    return value
+
+
+def redelivery_timeout() -> float:
+    """``MORAG_REDELIVERY_TIMEOUT``: seconds a job the reaper sent back to PENDING waits for
+    Celery to deliver its task again before it is FAILED (default 600)."""
+    return _positive("MORAG_REDELIVERY_TIMEOUT", float, "600",
+                     "the seconds a reaped job waits for its task to be delivered again")

@@ -20,8 +20,9 @@ def receiver() -> Iterator[Receiver]:
 
 
 def test_a_completion_through_the_api_is_delivered_by_the_servers_deliverer(
-    database_url: str, receiver: Receiver
+    database_url: str, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("MORAG_WEBHOOK_ALLOW_PRIVATE", "1")  # the receiver is on 127.0.0.1
     with running_api(database_url, webhook_secret=SECRET) as api:
         admin = api.key("admin")
         job = api.job(name="e2e", webhook_url=receiver.url)
