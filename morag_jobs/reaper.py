@@ -1,48 +1,171 @@
 """The reaper: a job whose worker died (SIGKILL, OOM) must not stay PROCESSING forever.
 
 Running jobs carry a heartbeat (refreshed by the worker plugin with every write and
-at least every ``heartbeat_interval``); a PROCESSING job whose heartbeat is older than
-the timeout is FAILED ("worker lost"), or sent back to PENDING when its task is
-acknowledged late, because Celery will then deliver it again.
+at least every ``heartbeat_interval``). A pass of the reaper:
+
+- FAILS a PROCESSING job whose heartbeat is older than the timeout ("worker lost"),
+  unless its task will be delivered again (``redelivery_expected``, recorded when it
+  started): that job goes back to PENDING with a deadline (``redelivery_timeout``);
+- FAILS a job still PENDING past that deadline ("worker lost; not redelivered ...").
+
+Every worker and every ``morag-jobs serve`` runs passes, so jobs are reaped while any
+of them lives; a pass first takes a lock across processes (see
+``morag_jobs.store.reaping``) and is skipped when another process holds it.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
 
-from morag_jobs import rules, webhooks
+from morag_jobs import rules, settings, webhooks
 from morag_jobs.events import utc_now
 from morag_jobs.store import Job, JobStatus, JobStore
+from morag_jobs.store.reaping import awaiting_redelivery, reaper_lock
 
-__all__ = ["reap"]
+__all__ = ["DEFAULT_TIMEOUT", "Pass", "Reaper", "interval_for", "reap", "reap_pass"]
 
 log = structlog.get_logger(__name__)
 
+DEFAULT_TIMEOUT = 120.0
+"""Seconds without a heartbeat after which a running job is reaped."""
 
-def _alive_at(job: Job) -> datetime | None:
-    return job.heartbeat_at or job.last_progress_at or job.started_at
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """What one pass did: ``ran`` is False when another process held the lock."""
+
+    ran: bool
+    reaped: list[Job] = field(default_factory=list)
 
 
-def reap(store: JobStore, timeout: float, *, now: datetime | None = None) -> list[Job]:
-    """One pass: end (or requeue) every PROCESSING job silent for ``timeout`` seconds."""
-    if timeout <= 0:
-        raise ValueError(f"reap timeout must be positive, got {timeout}")
-    cutoff = (now or utc_now()) - timedelta(seconds=timeout)
+def interval_for(timeout: float) -> float:
+    """Seconds between passes: a quarter of the timeout (at least a second), so a dead
+    worker's job is reaped at most a quarter late."""
+    return max(timeout / 4, 1.0)
+
+
+def reap_pass(
+    store: JobStore, timeout: float, *, redelivery_timeout: float | None = None,
+    now: datetime | None = None,
+) -> Pass:
+    """One pass, if no other process is running one (``redelivery_timeout`` defaults to
+    ``MORAG_REDELIVERY_TIMEOUT``)."""
+    waiting = _checked(timeout, redelivery_timeout)
+    now = now or utc_now()
+    with reaper_lock(store.engine) as held:
+        if not held:
+            log.debug("reaper pass skipped: another process holds the lock")
+            return Pass(False)
+        silent = _reap_silent(store, timeout, waiting, now)
+        return Pass(True, silent + _reap_undelivered(store, now))
+
+
+def reap(
+    store: JobStore, timeout: float, *, redelivery_timeout: float | None = None,
+    now: datetime | None = None,
+) -> list[Job]:
+    """One pass (see ``reap_pass``); the jobs it reaped, none when it was skipped."""
+    return reap_pass(store, timeout, redelivery_timeout=redelivery_timeout, now=now).reaped
+
+
+def _checked(timeout: float, redelivery_timeout: float | None) -> float:
+    """The redelivery timeout to use, once both timeouts are known to be positive."""
+    waiting = settings.redelivery_timeout() if redelivery_timeout is None else redelivery_timeout
+    for name, value in (("reap timeout", timeout), ("redelivery timeout", waiting)):
+        if not value > 0:
+            raise ValueError(f"the {name} must be a positive number of seconds, got {value}")
+    return waiting
+
+
+def _reap_silent(store: JobStore, timeout: float, waiting: float, now: datetime) -> list[Job]:
+    cutoff = now - timedelta(seconds=timeout)
+
+    def mutate(job: Job) -> rules.Outcome | None:
+        alive = job.heartbeat_at or job.last_progress_at or job.started_at
+        if alive is not None and alive >= cutoff:
+            return None  # a heartbeat arrived since the query: still running
+        return rules.worker_lost(job, timeout, redelivery_timeout=waiting, now=now)
+
+    return _apply(store, store.stale_jobs(cutoff), mutate)
+
+
+def _reap_undelivered(store: JobStore, now: datetime) -> list[Job]:
+    return _apply(store, awaiting_redelivery(store.engine),
+                  lambda job: rules.redelivery_missed(job, now))
+
+
+def _apply(
+    store: JobStore, candidates: Iterable[Job], mutate: Callable[[Job], rules.Outcome | None]
+) -> list[Job]:
+    """``mutate`` each candidate by compare-and-set: a job that moved on since it was read
+    (a heartbeat, a redelivery) is judged again on its fresh row, and left alone."""
     reaped = []
-    for stale in store.stale_jobs(cutoff):
-
-        def mutate(job: Job) -> rules.Outcome | None:
-            alive = _alive_at(job)
-            if alive is not None and alive >= cutoff:
-                return None  # a heartbeat arrived since the query: still running
-            return rules.worker_lost(job, timeout)
-
-        job = store.update_job(stale.id, mutate)
-        if job is not None:
-            log.warning("job reaped: worker lost", job_id=job.id, status=job.status.value)
-            if job.status is JobStatus.FAILED:
-                webhooks.enqueue(store, "failed", job)
-            reaped.append(job)
+    for candidate in candidates:
+        job = store.update_job(candidate.id, mutate)
+        if job is None:
+            continue
+        log.warning("job reaped: worker lost", job_id=job.id, status=job.status.value,
+                    summary=job.summary)
+        if job.status is JobStatus.FAILED:
+            webhooks.enqueue(store, "failed", job)
+        reaped.append(job)
     return reaped
+
+
+class Reaper:
+    """Passes on a daemon thread every ``interval_for(timeout)`` seconds, counted.
+
+    ``passes`` counts the passes tried, ``skipped`` those another process was running,
+    ``reaped`` the jobs reaped, ``errors`` the passes that raised (tried again later).
+    """
+
+    def __init__(
+        self, store: JobStore, timeout: float = DEFAULT_TIMEOUT, *,
+        redelivery_timeout: float | None = None, name: str = "morag-jobs-reaper",
+    ) -> None:
+        self.store = store
+        self.timeout = timeout
+        # Checked now: a bad timeout (or MORAG_REDELIVERY_TIMEOUT) stops the start, not
+        # every later pass.
+        self.redelivery_timeout = _checked(timeout, redelivery_timeout)
+        self.passes = self.skipped = self.reaped = self.errors = 0
+        self._name = name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self, now: datetime | None = None) -> Pass:
+        """One pass now, on the caller's thread."""
+        self.passes += 1
+        try:
+            result = reap_pass(self.store, self.timeout,
+                               redelivery_timeout=self.redelivery_timeout, now=now)
+        except Exception:
+            self.errors += 1
+            raise
+        self.skipped += not result.ran
+        self.reaped += len(result.reaped)
+        return result
+
+    def start(self) -> None:
+        """Run passes on a daemon thread until ``stop``."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+
+    def stop(self, wait: float = 0.0) -> None:
+        """No more passes; wait up to ``wait`` seconds for one in flight to end."""
+        self._stop.set()
+        if self._thread is not None and wait > 0:
+            self._thread.join(wait)
+
+    def _run(self) -> None:
+        while not self._stop.wait(interval_for(self.timeout)):
+            try:
+                self.run_once()
+            except Exception:  # a pass that fails is tried again next time
+                log.exception("reaper pass failed")

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from morag_jobs.events import ProgressEvent, utc_now
 from morag_jobs.store import Job, JobChanges, JobStatus
+from morag_jobs.store.reaping import REDELIVERY_DEADLINE
 
 __all__ = [
     "Outcome",
@@ -26,6 +27,7 @@ __all__ = [
     "judged_chain",
     "judged_progress",
     "progress",
+    "redelivery_missed",
     "retry",
     "start",
     "worker_lost",
@@ -205,24 +207,36 @@ def retry(
     return changes, {"source": source, "kind": "retry", "message": message}
 
 
+_REDELIVERY_TIMEOUT = "redelivery_timeout"  # beside the deadline: the seconds it allowed
+
+
 def start(job: Job, worker: str | None = None, *, redelivery_ok: bool = False) -> Outcome | None:
     """A worker picked the task up: PROCESSING, ``started_at`` and a fresh heartbeat.
 
-    ``redelivery_ok`` records that the task is acknowledged late, so a reaper that finds
-    its worker gone sends the job back to PENDING (Celery will redeliver it) rather than
-    failing it.
+    ``redelivery_ok`` says the task queue will deliver the task again should this worker
+    be lost (for Celery: see ``morag_jobs.celery.plugin``); it is kept on the job as
+    ``redelivery_expected`` because the reaper, which only sees a silent heartbeat, must
+    know whether to wait for that delivery or fail the job. A job the reaper left PENDING
+    awaiting it resumes here, its deadline dropped.
     """
     if job.status.is_terminal:
         return None
     now = utc_now()
-    metadata = {**job.metadata, "acks_late": redelivery_ok}
+    awaited = REDELIVERY_DEADLINE in job.metadata
+    metadata = _not_awaiting(job.metadata)
+    metadata["redelivery_expected"] = redelivery_ok
     if worker is not None:
         metadata["worker"] = worker
     changes: JobChanges = {"status": JobStatus.PROCESSING, "heartbeat_at": now,
                            "started_at": job.started_at or now, "metadata": metadata}
-    message = f"started on {worker}" if worker else "started"
-    if job.status is JobStatus.PROCESSING:
-        message = f"restarted on {worker}" if worker else "restarted"
+    verb = "started"
+    if awaited:
+        verb = "redelivered"
+    elif job.status is JobStatus.PROCESSING:
+        verb = "restarted"
+    message = f"{verb} on {worker}" if worker else verb
+    if awaited:
+        changes["summary"] = message  # no longer "waiting for redelivery"
     return changes, {"source": "lifecycle", "kind": "start", "message": message}
 
 
@@ -233,15 +247,53 @@ def heartbeat(job: Job) -> Outcome | None:
     return {"heartbeat_at": utc_now()}, None
 
 
-def worker_lost(job: Job, timeout: float) -> Outcome | None:
-    """The reaper found no heartbeat: FAILED, or PENDING when Celery will redeliver."""
+def worker_lost(
+    job: Job, timeout: float, *, redelivery_timeout: float, now: datetime | None = None
+) -> Outcome | None:
+    """The reaper found no heartbeat: FAILED, unless the task will be delivered again.
+
+    Then (``redelivery_expected``) the job goes back to PENDING with a deadline
+    ``redelivery_timeout`` seconds away, after which ``redelivery_missed`` fails it.
+    """
     if job.status is not JobStatus.PROCESSING:
         return None
+    now = now or utc_now()
     message = f"worker lost: no heartbeat for {timeout:g}s"
-    if job.metadata.get("acks_late"):
-        return ({"status": JobStatus.PENDING, "summary": f"{message}; waiting for redelivery"},
-                {"source": "reaper", "kind": "requeue", "message": message})
-    now = utc_now()
-    return ({"status": JobStatus.FAILED, "error": message, "summary": message,
-             "finished_at": now},
-            {"source": "reaper", "kind": "failure", "message": message})
+    if not job.metadata.get("redelivery_expected"):
+        return _lost(job, message, now)
+    deadline = now + timedelta(seconds=redelivery_timeout)
+    metadata = {**job.metadata, REDELIVERY_DEADLINE: deadline.isoformat(),
+                _REDELIVERY_TIMEOUT: redelivery_timeout}
+    summary = f"{message}; waiting for redelivery (up to {redelivery_timeout:g}s)"
+    return ({"status": JobStatus.PENDING, "summary": summary, "metadata": metadata},
+            {"source": "reaper", "kind": "requeue", "message": summary})
+
+
+def redelivery_missed(job: Job, now: datetime | None = None) -> Outcome | None:
+    """A job awaiting redelivery past its deadline: FAILED, the task never came back."""
+    raw = job.metadata.get(REDELIVERY_DEADLINE)
+    if job.status is not JobStatus.PENDING or raw is None:
+        return None
+    now = now or utc_now()
+    try:
+        deadline = datetime.fromisoformat(str(raw))
+    except ValueError:  # unreadable: failing beats waiting forever
+        deadline = now
+    if now < (deadline if deadline.tzinfo else deadline.replace(tzinfo=now.tzinfo)):
+        return None
+    waited = job.metadata.get(_REDELIVERY_TIMEOUT)
+    within = f" within {waited:g}s" if isinstance(waited, int | float) else ""
+    return _lost(job, f"worker lost; not redelivered{within}", now)
+
+
+def _not_awaiting(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    awaiting = (REDELIVERY_DEADLINE, _REDELIVERY_TIMEOUT)
+    return {key: value for key, value in metadata.items() if key not in awaiting}
+
+
+def _lost(job: Job, message: str, now: datetime) -> Outcome:
+    changes: JobChanges = {"status": JobStatus.FAILED, "error": message, "summary": message,
+                           "finished_at": now}
+    if REDELIVERY_DEADLINE in job.metadata:
+        changes["metadata"] = _not_awaiting(job.metadata)
+    return changes, {"source": "reaper", "kind": "failure", "message": message}

@@ -14,10 +14,12 @@ from contextlib import ExitStack
 
 import pytest
 import redis
+from celery import Celery, Task
 from celery.contrib.testing.worker import start_worker
 from celery.result import AsyncResult
 
 from morag_jobs.celery import submit
+from morag_jobs.celery.plugin import _redelivered_if_lost
 from morag_jobs.store import Job, JobStatus, JobStore
 from morag_jobs.store.engine import masked_url, parse_url
 from tests import celery_app as tasks
@@ -226,6 +228,58 @@ def test_revoking_a_task_cancels_its_job(worker: InProcessWorker, store: JobStor
     done = wait_for_job(store, job.id, finished, "the job to end", timeout=10)
     assert done.status is JobStatus.CANCELLED, f"expected CANCELLED, got {done.status}"
     assert history(store, job.id)[-1].kind == "cancellation"
+
+
+@tasks.app.task(name="morag_test.plugin.acks_late_only", acks_late=True, shared=False)
+def acks_late_only() -> None:
+    """Acknowledged late; Celery still acknowledges it when its pool process dies."""
+
+
+@tasks.app.task(name="morag_test.plugin.requeued_if_lost", acks_late=True,
+                reject_on_worker_lost=True, shared=False)
+def requeued_if_lost() -> None:
+    """Acknowledged late and requeued by Celery when its pool process dies."""
+
+
+@pytest.mark.parametrize(("task", "expected"), [
+    (tasks.count_up, False), (acks_late_only, False), (requeued_if_lost, True),
+], ids=["plain", "acks_late", "acks_late+reject_on_worker_lost"])
+def test_a_started_job_records_whether_celery_would_deliver_its_task_again(
+    task: Task, expected: bool, worker: InProcessWorker, store: JobStore
+) -> None:
+    """What the reaper reads when the job's heartbeat stops: wait for a redelivery, or fail."""
+    job = submit(task, (1,) if task is tasks.count_up else ())
+    done = wait_for_job(store, job.id, finished, "the job to end")
+    assert done.metadata.get("redelivery_expected") is expected, done.metadata
+
+
+def test_tasks_that_do_not_say_follow_the_apps_task_settings() -> None:
+    app = Celery("morag_test_settings", set_as_current=False)
+    app.conf.update(task_acks_late=True, task_reject_on_worker_lost=True)
+
+    @app.task(name="settings.inherits", shared=False)
+    def inherits() -> None: ...
+
+    @app.task(name="settings.overrides", shared=False, reject_on_worker_lost=False)
+    def overrides() -> None: ...
+
+    assert _redelivered_if_lost(inherits), "expected the app's acks_late + reject to apply"
+    assert not _redelivered_if_lost(overrides), "expected the task's own setting to win"
+
+
+def test_a_task_retried_when_its_worker_is_lost_expects_a_redelivery_while_retries_remain(
+) -> None:
+    app = Celery("morag_test_retry_settings", set_as_current=False)
+    app.conf.update(task_retry_on_worker_lost=True)
+
+    @app.task(name="settings.retried", shared=False, max_retries=3)
+    def retried() -> None: ...
+
+    @app.task(name="settings.out_of_retries", shared=False, max_retries=0)
+    def out_of_retries() -> None: ...
+
+    assert _redelivered_if_lost(retried), "expected a retry while retries remain"
+    assert not _redelivered_if_lost(out_of_retries), "expected no retry with none left"
 
 
 # -- progress that nobody reported on purpose: the log tap -----------------------------------

@@ -4,6 +4,9 @@ Each test starts ``python -m celery -A tests.celery_app worker --pool prefork -c
 a session of its own, on a queue of its own (Redis database 14) and a fresh PostgreSQL
 schema, and kills the whole process group when it ends, whatever happens. A worker
 killed with SIGKILL cannot say goodbye: only the missing heartbeat tells the reaper.
+
+The worker also imports this module (``--include``) for the tasks below, whose pool
+process the tests kill to see what Celery does with their message.
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import redis
+from celery import Task
+from celery.result import AsyncResult
 
-from morag_jobs.celery import submit
+from morag_jobs.celery import report_progress, submit
 from morag_jobs.celery.runtime import Runtime, RuntimeConfig, default_runtime, set_default_runtime
 from morag_jobs.reaper import reap
 from morag_jobs.store import Job, JobStatus, JobStore
@@ -35,6 +41,29 @@ pytestmark = [pytest.mark.celery, pytest.mark.redis, pytest.mark.postgres]
 REPO = Path(__file__).resolve().parent.parent
 HEARTBEAT = 0.5
 REAP_TIMEOUT = 2.0
+MODULE = "tests.test_celery_worker_process"
+
+
+def _crawl_once(marker: str) -> int:
+    """The first delivery writes its process id to ``marker`` and crawls (silent, so only
+    the heartbeat shows it alive) until killed; a second delivery ends at once."""
+    seen = Path(marker)
+    if seen.exists():
+        report_progress(50, message="delivered again")
+        return 2
+    seen.write_text(str(os.getpid()))
+    return int(tasks.crawl.run(300, 0.1))
+
+
+@tasks.app.task(name="morag_test.crawl_once_acks_late", acks_late=True)
+def crawl_once_acks_late(marker: str) -> int:
+    return _crawl_once(marker)
+
+
+@tasks.app.task(name="morag_test.crawl_once_redelivered", acks_late=True,
+                reject_on_worker_lost=True)
+def crawl_once_redelivered(marker: str) -> int:
+    return _crawl_once(marker)
 
 
 @dataclass
@@ -48,6 +77,17 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """SIGSTOP the main process (its pool children run on), SIGCONT after the block:
+        while paused it cannot act on a pool child's death."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGCONT)
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
@@ -63,10 +103,10 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def broker() -> Iterator[None]:
+def broker() -> Iterator[redis.Redis]:
     # Flushing afterwards also drops the unacknowledged message of a killed acks_late task.
-    with flushed_redis(tasks.BROKER_URL):
-        yield
+    with flushed_redis(tasks.BROKER_URL) as client:
+        yield client
 
 
 @pytest.fixture
@@ -82,7 +122,7 @@ def store(job_db: str) -> Iterator[JobStore]:
 
 @pytest.fixture
 def start_worker(
-    job_db: str, broker: None, tmp_path: Path
+    job_db: str, broker: redis.Redis, tmp_path: Path
 ) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
@@ -90,7 +130,7 @@ def start_worker(
         queue = f"morag-prefork-{uuid.uuid4().hex[:8]}"
         command = [
             sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker",
-            "--pool", "prefork", "-c", "1", "--loglevel", "INFO", "-Q", queue,
+            "--pool", "prefork", "-c", "1", "--loglevel", "INFO", "-Q", queue, "-I", MODULE,
             "-n", f"{queue}@%h", "--without-mingle", "--without-gossip",
             "--morag-heartbeat", str(HEARTBEAT), "--morag-reap-timeout", str(reap_timeout),
         ]
@@ -124,12 +164,12 @@ def submitting_to(database_url: str) -> Iterator[None]:
         runtime.close()
 
 
-def run_until_killed(
-    task: tasks.Task, worker: WorkerProcess, store: JobStore, job_db: str
+def run_until_silent(
+    task: Task, args: tuple[object, ...], worker: WorkerProcess, store: JobStore, job_db: str
 ) -> Job:
-    """Submit ``task``, let it report and go silent, then SIGKILL the worker; the job then."""
+    """Submit ``task``; the job once it has reported and gone silent, heartbeats only."""
     with submitting_to(job_db):
-        job = submit(task, (300, 0.1), queue=worker.queue)
+        job = submit(task, args, queue=worker.queue)
     running = worker.wait_for_job(
         store, job.id, lambda j: j.status is JobStatus.PROCESSING and j.percentage > 0,
         "PROCESSING with progress")
@@ -139,6 +179,12 @@ def run_until_killed(
         lambda j: j.heartbeat_at is not None and j.last_progress_at is not None
         and j.heartbeat_at - j.last_progress_at >= timedelta(seconds=HEARTBEAT * 0.8),
         "a heartbeat while the task is silent", timeout=10)
+    return alive
+
+
+def run_until_killed(task: Task, worker: WorkerProcess, store: JobStore, job_db: str) -> Job:
+    """Submit ``task``, let it report and go silent, then SIGKILL the worker; the job then."""
+    alive = run_until_silent(task, (300, 0.1), worker, store, job_db)
     worker.kill()
     assert reap(store, REAP_TIMEOUT) == [], (
         "expected nothing reaped while the last heartbeat is younger than the timeout")
@@ -154,6 +200,27 @@ def reaped(store: JobStore, job_id: str, timeout: float = 10.0) -> Job:
         time.sleep(0.2)
     raise AssertionError(f"expected the reaper to take job {job_id} within {timeout}s: "
                          f"{store.get_job(job_id)}")
+
+
+def settled(result: AsyncResult, timeout: float = 30.0) -> AsyncResult:
+    """``result`` once Celery has decided it: the main process waits ``worker_lost_wait``
+    (10 s) after a pool process dies before it fails or requeues the task."""
+    deadline = time.monotonic() + timeout
+    while result.state not in ("SUCCESS", "FAILURE") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return result
+
+
+def until_nothing_left(broker: redis.Redis, queue: str, timeout: float = 10.0) -> dict[str, int]:
+    """Messages still waiting in ``queue`` or delivered and not acknowledged (kombu's
+    ``unacked`` hash), once none are left or at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = {"queued": broker.llen(queue), "unacked": broker.hlen("unacked")}
+        left = {name: count for name, count in left.items() if count}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
 
 
 def test_a_prefork_worker_process_runs_a_submitted_job_to_finished(
@@ -190,13 +257,50 @@ def test_a_job_whose_worker_is_killed_is_failed_as_worker_lost(
     assert history(store, job.id)[-1].source == "reaper"
 
 
-def test_a_killed_acks_late_job_goes_back_to_pending_for_redelivery(
-    start_worker: Callable[..., WorkerProcess], store: JobStore, job_db: str
+def test_an_acks_late_job_whose_pool_process_dies_is_failed_as_worker_lost(
+    start_worker: Callable[..., WorkerProcess], store: JobStore, job_db: str, tmp_path: Path,
+    broker: redis.Redis,
 ) -> None:
+    """Without reject_on_worker_lost Celery acknowledges the message of a task whose pool
+    process died, acks_late or not: nothing comes back, so the job must not wait for it."""
     worker = start_worker()
-    alive = run_until_killed(tasks.crawl_acks_late, worker, store, job_db)
-    assert alive.metadata.get("acks_late") is True, alive.metadata
+    marker = tmp_path / "pid"
+    alive = run_until_silent(crawl_once_acks_late, (str(marker),), worker, store, job_db)
+    assert alive.metadata.get("redelivery_expected") is False, alive.metadata
+    os.kill(int(marker.read_text()), signal.SIGKILL)
     job = reaped(store, alive.id)
-    assert job.status is JobStatus.PENDING, f"expected PENDING (redelivery), got {job.status}"
-    assert "waiting for redelivery" in job.summary, job.summary
-    assert job.finished_at is None and job.error is None
+    assert job.status is JobStatus.FAILED, f"expected FAILED, got {job.status}: {job.summary}"
+    assert job.error == f"worker lost: no heartbeat for {REAP_TIMEOUT:g}s", job.error
+    assert job.percentage == 5.0, "expected the percentage reached to be kept"
+    result = settled(AsyncResult(alive.metadata["task_id"], app=tasks.app))
+    assert result.state == "FAILURE" and "WorkerLostError" in repr(result.result), (
+        f"expected Celery to have failed the task too: {result.state} {result.result!r}\n"
+        f"{worker.tail()}")
+    left = until_nothing_left(broker, worker.queue)
+    assert left == {}, f"expected no message left to deliver again: {left}\n{worker.tail()}"
+
+
+def test_a_job_whose_task_celery_redelivers_waits_pending_then_finishes(
+    start_worker: Callable[..., WorkerProcess], store: JobStore, job_db: str, tmp_path: Path,
+) -> None:
+    """With reject_on_worker_lost Celery requeues the message of a task whose pool process
+    died. The main process is paused first, so the reaper sees the job silent before the
+    task comes back: PENDING awaiting redelivery, then PROCESSING again, then FINISHED."""
+    worker = start_worker()
+    marker = tmp_path / "pid"
+    alive = run_until_silent(crawl_once_redelivered, (str(marker),), worker, store, job_db)
+    assert alive.metadata.get("redelivery_expected") is True, alive.metadata
+    with worker.paused():
+        os.kill(int(marker.read_text()), signal.SIGKILL)
+        waiting = reaped(store, alive.id)
+        assert waiting.status is JobStatus.PENDING, f"expected PENDING, got {waiting.status}"
+        assert "waiting for redelivery" in waiting.summary, waiting.summary
+        assert "redelivery_deadline" in waiting.metadata, waiting.metadata
+    done = worker.wait_for_job(store, alive.id, lambda j: j.status.is_terminal,
+                               "the redelivered task to end the job", timeout=40)
+    assert done.status is JobStatus.FINISHED and done.percentage == 100.0, (
+        f"expected FINISHED at 100%, got {done.status} {done.percentage} {done.error}")
+    starts = [e.message or "" for e in history(store, alive.id, "start")]
+    assert len(starts) == 2 and starts[1].startswith("redelivered on"), starts
+    kinds = [(e.source, e.kind) for e in history(store, alive.id)]
+    assert ("reaper", "requeue") in kinds and ("reaper", "failure") not in kinds, kinds

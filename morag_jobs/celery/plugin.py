@@ -7,7 +7,11 @@ What ``install`` connects:
   PROCESSING; revoked: CANCELLED), each setting or clearing the job context that
   ``report_progress`` reads;
 - the log tap on the root and task loggers of worker processes;
-- a worker bootstep that runs the reaper in the main worker process;
+- a worker bootstep that runs the reaper in the main worker process (``morag-jobs
+  serve`` runs one too; a pass is skipped while another process runs one);
+- what the app's settings say of a task whose pool process dies: whether Celery will
+  deliver it again (``acks_late`` with ``reject_on_worker_lost``, or
+  ``retry_on_worker_lost``), recorded on the job for the reaper;
 - ``celery worker`` options for the settings an operator changes.
 
 Settings, strongest first: ``install``'s arguments, the ``celery worker`` options,
@@ -17,7 +21,6 @@ Settings, strongest first: ``install``'s arguments, the ``celery worker`` option
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Mapping
 from dataclasses import fields, replace
 from typing import Any
@@ -31,9 +34,10 @@ from morag_jobs.celery.context import _CURRENT as CURRENT
 from morag_jobs.celery.context import JobContext, bind, unbind
 from morag_jobs.celery.logtap import ProgressLogHandler
 from morag_jobs.celery.runtime import Runtime, RuntimeConfig, default_runtime, set_default_runtime
-from morag_jobs.reaper import reap
+from morag_jobs.reaper import Reaper
 from morag_jobs.stages import Band, StagePlan, register_stage_plan
 from morag_jobs.store import Job
+from morag_jobs.webhook_urls import check_url
 
 __all__ = ["JOB_HEADER", "install", "submit"]
 
@@ -45,6 +49,7 @@ _OPTIONS = {  # celery worker option -> RuntimeConfig field
     "morag_interval": "interval",
     "morag_heartbeat": "heartbeat_interval",
     "morag_reap_timeout": "reap_timeout",
+    "morag_redelivery_timeout": "redelivery_timeout",
 }
 
 
@@ -74,6 +79,9 @@ def install(
     app.user_options["worker"].add(click.Option(
         ["--morag-reap-timeout"], type=float,
         help="Fail running jobs without a heartbeat for this long (0 disables the reaper)."))
+    app.user_options["worker"].add(click.Option(
+        ["--morag-redelivery-timeout"], type=float,
+        help="Fail a reaped job whose task is not delivered again within this long."))
     return runtime
 
 
@@ -90,7 +98,13 @@ def submit(
     webhook_url: str | None = None,
     **apply_async_options: Any,
 ) -> Job:
-    """Create the job (PENDING), then send the task with the job id in its headers."""
+    """Create the job (PENDING), then send the task with the job id in its headers.
+
+    A ``webhook_url`` that is not absolute http(s) raises ``WebhookURLRefused`` here,
+    before anything is created, rather than failing at delivery after the job ended.
+    """
+    if webhook_url is not None:
+        check_url(webhook_url)
     handler = default_runtime().handler
     task_id = apply_async_options.pop("task_id", None) or celery_uuid()
     job = handler.store.create_job(
@@ -129,29 +143,21 @@ class MoragJobsStep(bootsteps.StartStopStep):
         if chosen:
             runtime.config = replace(runtime.config, **chosen)
         _warm_up(runtime)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._reaper: Reaper | None = None
 
     def start(self, parent: Any) -> None:
-        timeout = default_runtime().config.reap_timeout
-        if timeout:
-            self._thread = threading.Thread(target=self._reap_forever, args=(timeout,),
-                                            name="morag-jobs-reaper", daemon=True)
-            self._thread.start()
+        runtime = default_runtime()
+        if runtime.config.reap_timeout:
+            self._reaper = Reaper(runtime.handler.store, runtime.config.reap_timeout,
+                                  redelivery_timeout=runtime.config.redelivery_timeout)
+            self._reaper.start()
 
     def stop(self, parent: Any) -> None:
-        self._stop.set()
+        if self._reaper is not None:
+            self._reaper.stop()
         default_runtime().close()
 
     terminate = stop  # a cold shutdown calls terminate(): flush and stop all the same
-
-    def _reap_forever(self, timeout: float) -> None:
-        store = default_runtime().handler.store
-        while not self._stop.wait(max(timeout / 4, 1.0)):
-            try:
-                reap(store, timeout)
-            except Exception:  # a reaper pass that fails is tried again next time
-                log.exception("reaper pass failed")
 
 
 def _warm_up(runtime: Runtime) -> None:
@@ -165,6 +171,27 @@ def _warm_up(runtime: Runtime) -> None:
         runtime.handler.store.count_jobs()
     except Exception:  # the database may be down at start; the worker still starts
         log.warning("job database not reachable at worker start", exc_info=True)
+
+
+def _redelivered_if_lost(task: Task) -> bool:
+    """Whether Celery sends the task again when the pool process running it dies.
+
+    It acknowledges the message of such a task even with ``acks_late``, unless
+    ``reject_on_worker_lost`` is on (then it requeues it); ``retry_on_worker_lost`` (Celery
+    5.7) sends a retry instead while retries remain. A task's own attribute wins, else the
+    app's ``task_*`` setting. A worker killed whole is another matter (see the README).
+    """
+    if _task_setting(task, "retry_on_worker_lost"):
+        retries = task.request.retries or 0
+        return task.max_retries is None or retries < task.max_retries
+    return _task_setting(task, "acks_late") and _task_setting(task, "reject_on_worker_lost")
+
+
+def _task_setting(task: Task, name: str) -> bool:
+    value = getattr(task, name, None)
+    if value is None:
+        value = task.app.conf.get(f"task_{name}")
+    return bool(value)
 
 
 def _job_id(task: Task, task_id: str, runtime: Runtime) -> str:
@@ -192,7 +219,7 @@ def _connect(app: Celery, runtime: Runtime) -> None:
         context.token = bind(context)
         try:
             runtime.start(context, worker=task.request.hostname,
-                          redelivery_ok=bool(task.acks_late))
+                          redelivery_ok=_redelivered_if_lost(task))
         except Exception:  # bookkeeping never stops the task from running
             log.exception("could not mark job started", job_id=context.job_id)
 

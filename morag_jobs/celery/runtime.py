@@ -27,6 +27,7 @@ from celery.states import READY_STATES
 from morag_jobs import settings
 from morag_jobs.celery.context import JobContext, bind, unbind
 from morag_jobs.handler import ProgressHandler
+from morag_jobs.reaper import DEFAULT_TIMEOUT
 from morag_jobs.store import JobStore
 
 __all__ = ["Runtime", "RuntimeConfig", "default_runtime", "job_context", "set_default_runtime"]
@@ -44,7 +45,8 @@ class RuntimeConfig:
     celery_progress: bool = True
     celery_progress_interval: float = 1.0
     log_tap: bool = True
-    reap_timeout: float | None = 120.0
+    reap_timeout: float | None = DEFAULT_TIMEOUT
+    redelivery_timeout: float | None = None  # None: MORAG_REDELIVERY_TIMEOUT, else 600
 
 
 class Runtime:

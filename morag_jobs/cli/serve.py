@@ -1,4 +1,8 @@
-"""``morag-jobs serve``: the HTTP API under uvicorn."""
+"""``morag-jobs serve``: the HTTP API under uvicorn, and the reaper beside it.
+
+The reaper runs here as well as in every worker so that the jobs of a worker that died
+are reaped even while no worker lives; passes across processes take turns.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,16 @@ import copy
 import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Annotated, Any
 from urllib.parse import unquote_plus
 
 import typer
 
 from morag_jobs.cli._common import EXIT_USAGE, DatabaseOption, fail
+from morag_jobs.reaper import DEFAULT_TIMEOUT, Reaper
+from morag_jobs.store import JobStore
 
 _PARAMETER = re.compile(r"([?&;])([^=&;\s\"]*+)=([^&;\s\"]*+)")
 
@@ -59,9 +67,23 @@ def serve(
     write_interval: Annotated[float, typer.Option(
         help="Write each job at most this often (seconds); progress in between is "
              "coalesced, latest wins.", min=0.0)] = 0.5,
+    reaper: Annotated[bool, typer.Option(
+        help="Reap the jobs of dead workers from here too (one pass at a time across "
+             "servers and workers).")] = True,
+    reap_timeout: Annotated[float, typer.Option(
+        help="Seconds without a heartbeat after which a running job is reaped.",
+        min=0.001)] = DEFAULT_TIMEOUT,
     database: DatabaseOption = None,
 ) -> None:
     """Serve the HTTP API (remote-worker progress, jobs, streams, metrics) with uvicorn."""
+    with _reaping(database, reap_timeout) if reaper else nullcontext():
+        _serve(host, port, workers, access_log, write_interval, database)
+
+
+def _serve(
+    host: str, port: int, workers: int, access_log: bool, write_interval: float,
+    database: str | None,
+) -> None:
     import uvicorn  # noqa: PLC0415 (the server's imports load only for this command)
 
     from morag_jobs.api import create_app  # noqa: PLC0415 (as above)
@@ -83,3 +105,20 @@ def serve(
         fail("--write-interval is not supported with --workers above 1 yet", EXIT_USAGE)
     uvicorn.run("morag_jobs.api:create_app_from_settings", factory=True, workers=workers,
                 **options)  # type: ignore[arg-type]
+
+
+@contextmanager
+def _reaping(database: str | None, timeout: float) -> Iterator[None]:
+    """The reaper on a thread of this process (never of uvicorn's worker processes, so one
+    ``serve`` is one reaper) for as long as the block runs."""
+    try:
+        store = JobStore(database)
+        running = Reaper(store, timeout)
+    except ValueError as error:  # a bad URL or MORAG_REDELIVERY_TIMEOUT
+        fail(str(error), EXIT_USAGE)
+    running.start()
+    try:
+        yield
+    finally:
+        running.stop(wait=5)
+        store.close()
