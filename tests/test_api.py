@@ -301,9 +301,9 @@ def test_a_worker_key_reports_only_on_jobs_assigned_or_mapped_to_it(api: Api) ->
     assert api.progress(assigned.id, worker).status_code == 202, "assigned: jobs.worker_id"
     assert api.progress(mapped.id, worker).status_code == 202, "mapped: job_mappings"
     refused = api.progress(other.id, worker)
-    assert refused.status_code == 403, "another worker's job is forbidden"
-    assert "not assigned or mapped to worker 'gpu-01'" in refused.json()["detail"]
-    assert api.complete(other.id, worker, success=True).status_code == 403
+    assert refused.status_code == 404, "another worker's job looks like no job at all"
+    assert "assigned or mapped to worker 'gpu-01'" in refused.json()["detail"]
+    assert api.complete(other.id, worker, success=True).status_code == 404
     assert api.complete(assigned.id, worker, success=True).status_code == 200
     assert api.settled(other.id) == other, "the forbidden job is untouched"
     assert api.get(f"/api/v1/jobs/{assigned.id}", worker).status_code == 403, (

@@ -27,7 +27,7 @@ from sqlalchemy import Table, select, update
 
 from morag_jobs.api.cache import RefreshingCache
 from morag_jobs.events import utc_now
-from morag_jobs.store import Job, JobStore
+from morag_jobs.store import JobStore
 from morag_jobs.store.models import ApiKeyRow
 
 __all__ = [
@@ -102,8 +102,18 @@ class Principal:
     scope: Scope
     subject: str | None = None
 
-    def may_read(self, job: Job) -> bool:
-        return self.scope == "admin" or (self.scope == "user" and job.user_id == self.subject)
+    def owner(self) -> dict[str, str | None]:
+        """The store filter for the jobs this key may touch (``JobStore.get_job``'s owner).
+
+        A user key: its user's jobs; a worker key: the jobs assigned or mapped to its
+        worker; an admin key: every job. A key without a subject sees nothing of its kind's
+        (the filter names an owner no job has).
+        """
+        if self.scope == "user":
+            return {"user_id": self.subject or ""}
+        if self.scope == "worker":
+            return {"worker_id": self.subject or ""}
+        return {}
 
     def require_reader(self) -> None:
         if self.scope == "worker":

@@ -41,8 +41,8 @@ def _store(request: Request) -> JobStore:
 
 def _readable(request: Request, principal: Principal, job_id: str) -> Job:
     principal.require_reader()
-    job = _store(request).get_job(job_id)
-    if job is None or not principal.may_read(job):
+    job = _store(request).get_job(job_id, **principal.owner())
+    if job is None:
         raise HTTPException(404, f"no job {job_id!r} that this key may read; check the id")
     return job
 

@@ -14,16 +14,17 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from functools import partial
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from morag_jobs.api.auth import Principal, authenticate, bearer_token, principal_of
+from morag_jobs.api.auth import Principal, bearer_token, principal_of
 from morag_jobs.api.cache import RefreshingCache
 from morag_jobs.api.schemas import (
     ID_PATTERN,
@@ -46,6 +47,7 @@ JobId = Annotated[
     str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN, description="Job id.")
 ]
 _SENT_LIMIT = 100_000
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +87,7 @@ def _newer(old: JobCheck | None, new: JobCheck | None) -> JobCheck | None:
 
 
 class JobCache:
-    """Job snapshots for the checks of a progress report (404, 409, 403), at most ``ttl`` old.
+    """Job snapshots for the checks of a progress report (404, 409), at most ``ttl`` old.
 
     Every write by this process's handler refreshes its snapshot (a listener), so only
     changes made by *other* processes can be up to ``ttl`` seconds late: a report on a
@@ -124,12 +126,20 @@ class JobCache:
             return await self.workers.get(principal.subject) == job.id
         return principal.scope == "admin"
 
-    def may_report_now(self, principal: Principal, job: Job | JobCheck) -> bool:
-        """:meth:`may_report`, reading the worker's mapping now (blocking)."""
-        if principal.scope == "worker" and principal.subject is not None:
-            return (job.worker_id == principal.subject
-                    or self.store.get_mapping("worker", principal.subject) == job.id)
-        return principal.scope == "admin"
+    async def owned_now(self, principal: Principal, job_id: str) -> JobCheck | None:
+        """The job read now with the key's owner in the query; refreshes the snapshot.
+
+        A refusal from the snapshot is confirmed here before it is answered, so a job
+        assigned or mapped less than ``ttl`` ago is not refused while the cache catches up.
+        """
+        job = await run_in_threadpool(partial(self.store.get_job, job_id, **principal.owner()))
+        if job is None:
+            return None
+        check = JobCheck.of(job)
+        self.jobs.update(job_id, check)
+        if principal.subject is not None and job.worker_id != principal.subject:
+            self.workers.update(principal.subject, job_id)
+        return check
 
     # -- retries -------------------------------------------------------------------------
 
@@ -253,37 +263,29 @@ async def report_progress(request: Request) -> Any:
     sequences, whose timestamp and content equal the last report's) answers **200**
     ``duplicate``/``stale`` and changes nothing.
 
-    Errors, checked in this order: **401** no or invalid key; **403** a user key;
-    **422** invalid body (NaN, infinity, negative or over-100 percentage, wrong types,
-    unknown fields) or job id; **404** no such job; **409** the job has ended; **403** a
-    worker key on a job neither assigned (`worker_id`) nor mapped to its worker.
-    **413** a body over the size limit, before anything else.
+    Errors, checked in this order: **413** a body over the size limit (before anything
+    is read); **401** no or invalid key; **403** a user key; **422** invalid job id or
+    body (NaN, infinity, negative or over-100 percentage, wrong types, unknown fields);
+    **404** no such job, or one neither assigned (`worker_id`) nor mapped to the worker
+    key's worker (the two answer alike); **409** the job has ended.
     """
     # The hot path: parameters, key and body are read here rather than through FastAPI's
     # dependency machinery, which costs more than the rest of the request together.
+    # The key comes first: nothing about the request or the job is looked at before it.
     principal = await principal_of(request, bearer_token(request))
     principal.require_reporter()
-    job_id = request.path_params["job_id"]
-    if len(job_id) > MAX_ID_LENGTH or not _JOB_ID.match(job_id):
-        raise _invalid_param("path", "job_id", f"a job id is 1 to {MAX_ID_LENGTH} printable "
-                                               "characters")
+    job_id = _job_id(request)
     wait = _flag(request.query_params.get("wait"))
-    try:
-        update = ProgressUpdate.model_validate_json(await request.body())
-    except ValidationError as error:
-        raise RequestValidationError(
-            [{**item, "loc": ("body", *item["loc"])} for item in error.errors(include_url=False)]
-        ) from None
+    update = _body(ProgressUpdate, await request.body())
     state = _state(request)
     cache: JobCache = state.jobs
     job = await cache.get(job_id)
+    if job is not None and not await cache.may_report(principal, job):
+        job = await cache.owned_now(principal, job_id)
     if job is None:
-        raise HTTPException(404, f"no job {job_id!r}: report progress on a job that exists")
+        raise _not_found(principal, job_id)
     if job.status.is_terminal:
         raise _ended(job)
-    if not await cache.may_report(principal, job):
-        raise HTTPException(403, f"job {job_id!r} is not assigned or mapped to worker "
-                                 f"{principal.subject!r}; report with that job's worker key")
     event = ProgressEvent(
         percent=update.percentage, message=update.message, stage=update.stage,
         current=update.current, total=update.total, timestamp=update.timestamp,
@@ -303,13 +305,22 @@ async def report_progress(request: Request) -> Any:
     if result.reason == "terminal":
         raise _ended(job)
     if result.reason == "no_job":
-        raise HTTPException(404, f"no job {job_id!r}: report progress on a job that exists")
+        raise _not_found(principal, job_id)
     if result.reason == "queued":
         return Response(b'{"job_id":%s,"outcome":"queued","job":null}' % json.dumps(job_id)
                         .encode(), 202, media_type="application/json")
     body = {"job_id": job_id, "outcome": result.reason,
             "job": job_json(result.job) if result.job is not None else None}
     return JSONResponse(body)
+
+
+_COMPLETE_DOC: dict[str, Any] = {
+    # The route reads its own parameters (see complete): documented here.
+    "parameters": [_PROGRESS_DOC["parameters"][0]],
+    "requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Completion"}}}},
+    "security": [{"HTTPBearer": []}],
+}
 
 
 @router.post(
@@ -319,35 +330,38 @@ async def report_progress(request: Request) -> Any:
         200: {"description": "The job as ended (also for a retry of the same completion)."},
         **errors(401, 403, 404, 409, 413, 422, 503),
     },
+    openapi_extra=_COMPLETE_DOC,
     summary="End a job: success or failure",
 )
-def complete(
-    job_id: JobId,
-    body: Completion,
-    request: Request,
-    principal: Annotated[Principal, Depends(authenticate)],
-) -> Any:
+async def complete(request: Request) -> Any:
     """End a job: FINISHED at 100% (`success: true`) or FAILED keeping its percentage.
 
     Written before answering. ``result`` is stored in the job's metadata under
     ``result``. A retry of a completion that already landed (same outcome) answers 200
-    with the job; ending a job that ended otherwise is **409**. Errors as for progress.
+    with the job; ending a job that ended otherwise is **409**. Errors in the same order
+    as for progress: the key (**401**, **403**) before the body is even read.
     """
+    principal = await principal_of(request, bearer_token(request))
     principal.require_reporter()
-    state = _state(request)
+    job_id = _job_id(request)
+    body = _body(Completion, await request.body())
+    return await run_in_threadpool(_complete, _state(request), principal, job_id, body)
+
+
+def _complete(state: Any, principal: Principal, job_id: str, body: Completion) -> Any:
     store: JobStore = state.store
-    job = store.get_job(job_id)
+    job = store.get_job(job_id, **principal.owner())
     if job is None:
-        raise HTTPException(404, f"no job {job_id!r}: complete a job that exists")
+        raise _not_found(principal, job_id)
     if job.status.is_terminal:
         if _same_end(job, body.success):
             return JSONResponse(job_json(job))
         raise _ended(job)
-    if not state.jobs.may_report_now(principal, job):
-        raise HTTPException(403, f"job {job_id!r} is not assigned or mapped to worker "
-                                 f"{principal.subject!r}; complete it with that worker's key")
-    if body.result is not None:
-        store.update_job(job_id, lambda snap: _with_result(snap, body.result))
+    # The completing worker is recorded on the job: its mapping is forgotten when the job
+    # ends, and a retry of this completion must still find the job its own.
+    worker = principal.subject if principal.scope == "worker" else None
+    if body.result is not None or (worker is not None and job.worker_id != worker):
+        store.update_job(job_id, lambda snap: _before_end(snap, worker, body.result))
     handler: ProgressHandler = state.handler
     if body.success:
         written = handler.handle_job_completion(job_id, True, body.message or None)
@@ -363,6 +377,31 @@ def complete(
     return JSONResponse(job_json(ended))
 
 
+def _job_id(request: Request) -> str:
+    job_id: str = request.path_params["job_id"]
+    if len(job_id) > MAX_ID_LENGTH or not _JOB_ID.match(job_id):
+        raise _invalid_param("path", "job_id", f"a job id is 1 to {MAX_ID_LENGTH} printable "
+                                               "characters")
+    return job_id
+
+
+def _body(model: type[_Model], raw: bytes) -> _Model:
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as error:
+        raise RequestValidationError(
+            [{**item, "loc": ("body", *item["loc"])} for item in error.errors(include_url=False)]
+        ) from None
+
+
+def _not_found(principal: Principal, job_id: str) -> HTTPException:
+    """Unknown, and not this key's, answer alike: a key learns nothing of others' jobs."""
+    if principal.scope == "worker":
+        return HTTPException(404, f"no job {job_id!r} assigned or mapped to worker "
+                                  f"{principal.subject!r}; report with that job's worker key")
+    return HTTPException(404, f"no job {job_id!r}: report on a job that exists")
+
+
 def _ended(job: Job | JobCheck) -> HTTPException:
     return HTTPException(409, f"job {job.id!r} has already ended ({job.status.value}); "
                               "it takes no more progress or completion")
@@ -372,7 +411,14 @@ def _same_end(job: Job, success: bool) -> bool:
     return job.status.value == ("FINISHED" if success else "FAILED")
 
 
-def _with_result(job: Job, result: dict[str, Any]) -> tuple[dict[str, Any], None] | None:
+def _before_end(
+    job: Job, worker: str | None, result: dict[str, Any] | None
+) -> tuple[dict[str, Any], None] | None:
     if job.status.is_terminal:
         return None
-    return {"metadata": {**job.metadata, "result": result}}, None
+    changes: dict[str, Any] = {}
+    if worker is not None:
+        changes["worker_id"] = worker
+    if result is not None:
+        changes["metadata"] = {**job.metadata, "result": result}
+    return changes, None

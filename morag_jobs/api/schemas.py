@@ -12,7 +12,15 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+)
 
 from morag_jobs.store import Job, JobEventRecord, JobStatus
 
@@ -55,6 +63,26 @@ def storable_text(value: str) -> str:
 Text = Annotated[str, Field(strict=True), AfterValidator(storable_text)]
 
 
+def _iso_text(value: Any) -> Any:
+    """A timestamp is ISO 8601 text: a bare number (or digits in a string) is refused
+    rather than guessed at as seconds or milliseconds since the epoch."""
+    if not isinstance(value, str) or value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+        raise ValueError("a timestamp is ISO 8601 text, e.g. 2026-03-01T12:00:00Z")
+    return value
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON has one number type: 291.0 is the integer 291 (many encoders write it so),
+    291.5 is not an integer, and neither text nor booleans are numbers."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_iso_text)]
+Whole = Annotated[StrictInt, BeforeValidator(_whole_number)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
@@ -70,7 +98,7 @@ class ProgressUpdate(_Strict):
     ]
     message: Annotated[Text, Field(max_length=4096, description="What the worker is doing.")]
     timestamp: Annotated[
-        datetime,
+        Timestamp,
         Field(description="When the worker measured this progress (ISO 8601; no zone = UTC). "
                           "Reports older than the last applied one are ignored."),
     ]
@@ -78,10 +106,10 @@ class ProgressUpdate(_Strict):
         Annotated[Text, Field(min_length=1, max_length=128)] | None,
         Field(description="Stage this percentage is relative to."),
     ] = None
-    current: Annotated[StrictInt | None, Field(ge=0, le=BIGINT_MAX)] = None
-    total: Annotated[StrictInt | None, Field(ge=1, le=BIGINT_MAX)] = None
+    current: Annotated[Whole | None, Field(ge=0, le=BIGINT_MAX)] = None
+    total: Annotated[Whole | None, Field(ge=1, le=BIGINT_MAX)] = None
     sequence: Annotated[
-        StrictInt | None,
+        Whole | None,
         Field(ge=0, le=BIGINT_MAX,
               description="Increasing number per job; a report whose sequence is not above "
                           "the last applied one is a no-op (safe retries)."),

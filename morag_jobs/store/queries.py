@@ -16,6 +16,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -166,6 +167,26 @@ def last_sign_of_life() -> ColumnElement[datetime]:
 
 def select_jobs(*clauses: ColumnElement[bool]) -> Select[Any]:
     return select(JOBS).where(*clauses)
+
+
+def owned_by(
+    *, user_id: str | None = None, worker_id: str | None = None
+) -> list[ColumnElement[bool]]:
+    """The clauses that keep a read to what a key may see, applied in the query itself.
+
+    A user sees its own user's jobs; a worker the jobs assigned to it (``worker_id``) or
+    mapped to it. Putting the owner in the WHERE clause means a job the key may not see
+    is never read at all, and answers exactly like a job that does not exist.
+    """
+    clauses: list[ColumnElement[bool]] = []
+    if user_id is not None:
+        clauses.append(JOBS.c.user_id == user_id)
+    if worker_id is not None:
+        mapped = select(MAPPINGS.c.job_id).where(
+            MAPPINGS.c.kind == "worker", MAPPINGS.c.key == worker_id
+        )
+        clauses.append(or_(JOBS.c.worker_id == worker_id, JOBS.c.id.in_(mapped)))
+    return clauses
 
 
 def check_mapping_kind(kind: str) -> None:

@@ -205,9 +205,17 @@ class JobStore:
         log.debug("job created", job_id=job_id, job_type=job_type)
         return Job.from_row(row._mapping)
 
-    def get_job(self, job_id: str) -> Job | None:
+    def get_job(
+        self, job_id: str, *, user_id: str | None = None, worker_id: str | None = None
+    ) -> Job | None:
+        """The job, or None; with ``user_id``/``worker_id`` only if that owner may see it.
+
+        The owner is part of the query (see ``queries.owned_by``), so another owner's job
+        is not read and costs what an unknown id costs.
+        """
+        clauses = [q.JOBS.c.id == job_id, *q.owned_by(user_id=user_id, worker_id=worker_id)]
         with self._reading() as connection:
-            row = connection.execute(q.select_jobs(q.JOBS.c.id == job_id)).first()
+            row = connection.execute(q.select_jobs(*clauses)).first()
         return Job.from_row(row._mapping) if row is not None else None
 
     def require_job(self, job_id: str) -> Job:
