@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from morag_jobs.errors import InvalidProgress
 
-__all__ = ["ProgressEvent", "check_percent", "utc_now"]
+__all__ = ["FUTURE_TOLERANCE", "ProgressEvent", "check_percent", "not_ahead", "utc_now"]
+
+FUTURE_TOLERANCE = timedelta(seconds=5)
+"""How far ahead of this machine's clock an event's timestamp may be before it is clamped."""
 
 
 def utc_now() -> datetime:
@@ -132,11 +135,29 @@ class ProgressEvent:
     def description(self) -> str:
         return self.message
 
+    @property
+    def clock(self) -> str:
+        """Which clock stamped this event: its source and, for a remote worker, which one.
+
+        Timestamps are only compared between events of one clock: a remote worker whose
+        clock runs an hour fast must not make the log tap's events look stale.
+        """
+        clock = f"{self.source}:{self.worker_id}" if self.worker_id else self.source
+        return clock[:64]
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: the timestamp as ISO 8601, everything else as is."""
         data = asdict(self)
         data["timestamp"] = self.timestamp.isoformat()
         return data
+
+
+def not_ahead(event: ProgressEvent, now: datetime) -> ProgressEvent | None:
+    """``event`` stamped ``now`` when its timestamp is ahead of ``now`` by more than the
+    tolerance (a fast clock, a log's local time read as UTC), else None (keep it)."""
+    if event.timestamp > now + FUTURE_TOLERANCE:
+        return replace(event, timestamp=now)
+    return None
 
 
 _new = object.__new__

@@ -14,13 +14,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
 
 import structlog
 
 from morag_jobs import rules
 from morag_jobs.errors import InvalidProgress, JobExists, JobNotFound, StoreUnavailable
-from morag_jobs.events import ProgressEvent, check_percent, utc_now
+from morag_jobs.events import ProgressEvent, check_percent, not_ahead, utc_now
 from morag_jobs.parser import ProgressEventParser
 from morag_jobs.store import Job, JobStatus, JobStore, Mutation
 from morag_jobs.webhooks import outbox_listener
@@ -31,8 +30,6 @@ __all__ = ["ApplyResult", "HandlerStats", "Listener", "ProgressHandler"]
 
 MAPPING_CACHE_MAX = 4096
 """Most task/worker -> job lookups the handler keeps cached (each for ``mapping_ttl``)."""
-FUTURE_TOLERANCE = timedelta(seconds=5)
-"""How far ahead of this machine's clock an event's timestamp may be before it is clamped."""
 log = structlog.get_logger(__name__)
 
 Listener = Callable[[str, Job], None]
@@ -169,11 +166,12 @@ class ProgressHandler:
                         percent=event.percent)
             event = replace(event, percent=100.0)
         arrived = utc_now()
-        if event.timestamp > arrived + FUTURE_TOLERANCE:
+        clamped = not_ahead(event, arrived)
+        if clamped is not None:
             # A clock ahead of ours (a remote worker's, a log's local time read as UTC)
             # must not make every later report look stale: it is taken as arriving now.
             self.stats.future_timestamps += 1
-            event = replace(event, timestamp=arrived)
+            event = clamped
         if target in self._terminal:
             self.stats.count(event.source, "terminal")
             return ApplyResult(False, "terminal", target)

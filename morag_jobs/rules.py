@@ -51,17 +51,20 @@ def judge(job: Job, event: ProgressEvent) -> Verdict:
     """Map the event onto the job's overall scale and decide whether it may apply.
 
     Reasons for refusal: ``terminal`` (the job has ended), ``stale`` (older than the
-    last applied event, by sequence or timestamp) and ``stage_behind`` (a stage the job
-    has already left; stages only move forward).
+    last applied event, by sequence, else by timestamp when both come from one clock)
+    and ``stage_behind`` (a stage the job has already left; stages only move forward).
     """
     if job.status.is_terminal:
         return Verdict(False, "terminal")
     if event.sequence is not None and job.last_sequence is not None:
         if event.sequence <= job.last_sequence:
             return Verdict(False, "stale")
-    elif job.last_event_at is not None and event.timestamp < min(job.last_event_at, utc_now()):
-        # A last time still in the future (written before clocks were clamped) is read as
-        # now, so it cannot freeze the job.
+    elif (job.last_event_at is not None and job.last_event_clock == event.clock
+          and event.timestamp < min(job.last_event_at, utc_now())):
+        # Times are only compared within one clock (see ProgressEvent.clock): a source
+        # whose clock is off cannot make another's events stale. A last time still in the
+        # future (written before clocks were clamped) is read as now, so it cannot freeze
+        # the job.
         return Verdict(False, "stale")
     plan = job.stages
     if plan is None:
@@ -93,6 +96,7 @@ def progress(job: Job, event: ProgressEvent, verdict: Verdict | None = None) -> 
     changes: JobChanges = {
         "percentage": percentage,
         "last_event_at": min(event.timestamp, now),
+        "last_event_clock": event.clock,
         "last_progress_at": now,
         "heartbeat_at": now,
     }

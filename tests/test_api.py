@@ -505,3 +505,24 @@ def test_openapi_documents_every_route_with_its_error_responses(api: Api) -> Non
     assert components["ProgressUpdate"]["additionalProperties"] is False
     assert {p["name"] for p in progress["parameters"]} == {"job_id", "wait"}
     assert {"202", "200"} <= set(progress["responses"])
+
+
+def test_a_report_from_a_clock_far_ahead_does_not_freeze_the_job(api: Api, admin: str) -> None:
+    """Year 2999 from a worker's broken clock is taken as now, by the retry check too."""
+    job = api.job()
+    ahead = api.progress(job.id, admin, percentage=10.0, message="ahead",
+                         payload={**body(10.0, "ahead"), "timestamp": "2999-01-01T00:00:00Z"})
+    assert ahead.status_code == 202
+    for n, percentage in enumerate((20.0, 30.0), start=1):
+        response = api.progress(job.id, admin, percentage=percentage,
+                                timestamp=_now_iso(), message=f"on time {n}")
+        assert response.json()["outcome"] == "queued", response.text
+    settled = api.settled(job.id)
+    assert settled.percentage == 30.0 and settled.summary == "on time 2"
+    assert api.handler.stats.future_timestamps >= 1
+
+
+def _now_iso() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat()

@@ -870,6 +870,30 @@ def test_a_timestamp_from_the_future_does_not_freeze_the_job(
     assert handler.stats.future_timestamps == 2
 
 
+def test_timestamps_are_compared_only_within_one_clock(
+    handler: ProgressHandler, store: JobStore
+) -> None:
+    """A remote worker whose clock is 10 min slow is not stale against the log tap's
+    true-time events; against its own earlier reports it still is."""
+    store.create_job(job_id="clocks")
+    now = datetime.now(UTC)
+    slow = now - timedelta(minutes=10)
+
+    def apply(event: ProgressEvent) -> str:
+        return handler.apply(event, "clocks", immediate=True).reason
+
+    assert apply(ProgressEvent(percent=10.0, timestamp=now, source="log")) == "applied"
+    assert apply(ProgressEvent(percent=20.0, timestamp=slow, source="remote",
+                               worker_id="gpu-01")) == "applied", "another clock: not stale"
+    assert apply(ProgressEvent(percent=25.0, timestamp=slow - timedelta(seconds=1),
+                               source="remote", worker_id="gpu-01")) == "stale", (
+        "older than the same worker's last report")
+    assert apply(ProgressEvent(percent=30.0, timestamp=slow, source="remote",
+                               worker_id="gpu-02")) == "applied", "each worker its own clock"
+    job = store.require_job("clocks")
+    assert job.percentage == 30.0 and job.last_event_clock == "remote:gpu-02"
+
+
 def test_task_lookups_are_not_kept_forever(handler: ProgressHandler, store: JobStore) -> None:
     """Plain .delay() tasks each ask for their job: the cache of answers stays bounded,
     and a task's entry goes when its job ends."""

@@ -36,7 +36,7 @@ from morag_jobs.api.schemas import (
     errors,
     job_json,
 )
-from morag_jobs.events import ProgressEvent
+from morag_jobs.events import ProgressEvent, not_ahead, utc_now
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.store import Job, JobStatus, JobStore
 from morag_jobs.store import queries as q
@@ -56,6 +56,7 @@ class _Sent:
 
     sequence: int | None
     timestamp: datetime
+    clock: str
     content: tuple[Any, ...]
 
 
@@ -69,12 +70,13 @@ class JobCheck:
     version: int
     last_sequence: int | None
     last_event_at: datetime | None
+    last_event_clock: str | None
     summary: str
 
     @classmethod
     def of(cls, job: Job) -> JobCheck:
         return cls(job.id, job.status, job.worker_id, job.version, job.last_sequence,
-                   job.last_event_at, job.summary)
+                   job.last_event_at, job.last_event_clock, job.summary)
 
 
 _CHECK_COLUMNS = [q.JOBS.c[name] for name in JobCheck.__dataclass_fields__]
@@ -147,8 +149,9 @@ class JobCache:
         """``duplicate`` or ``stale`` when the report changes nothing, else None.
 
         By sequence when the report and the job (or a report this process queued)
-        carry one, else by timestamp: older is stale, the same timestamp with the same
-        content is a retry of the last report.
+        carry one, else by timestamp, compared only with times from the same clock (the
+        same remote worker): older is stale, the same timestamp with the same content is a
+        retry of the last report.
         """
         sent = self._sent.get(job.id)
         seqs = [s for s in (job.last_sequence, sent and sent.sequence) if s is not None]
@@ -157,7 +160,9 @@ class JobCache:
             if event.sequence < last:
                 return "stale"
             return "duplicate" if event.sequence == last else None
-        times = [t for t in (job.last_event_at, sent and sent.timestamp) if t is not None]
+        times = [t for t, clock in ((job.last_event_at, job.last_event_clock),
+                                    (sent and sent.timestamp, sent and sent.clock))
+                 if t is not None and clock == event.clock]
         if not times or event.timestamp > max(times):
             return None
         if event.timestamp < max(times):
@@ -173,10 +178,10 @@ class JobCache:
             sequence = before.sequence if sequence is None else max(sequence, before.sequence)
         if len(self._sent) >= _SENT_LIMIT:
             self._sent.clear()
-        if before is None or event.timestamp >= before.timestamp:
-            self._sent[job_id] = _Sent(sequence, event.timestamp, _content(event))
+        if before is None or before.clock != event.clock or event.timestamp >= before.timestamp:
+            self._sent[job_id] = _Sent(sequence, event.timestamp, event.clock, _content(event))
         else:
-            self._sent[job_id] = _Sent(sequence, before.timestamp, before.content)
+            self._sent[job_id] = _Sent(sequence, before.timestamp, before.clock, before.content)
 
     # -- batch reads (the refresher's) ---------------------------------------------------
 
@@ -292,11 +297,17 @@ async def report_progress(request: Request) -> Any:
         sequence=update.sequence, source="remote", job_id=job_id,
         worker_id=principal.subject if principal.scope == "worker" else None,
     )
+    handler: ProgressHandler = state.handler
+    # A fast clock is clamped before the retry check, so neither it nor its memory of
+    # what was sent ever holds a time in the future (counted as the handler counts it).
+    clamped = not_ahead(event, utc_now())
+    if clamped is not None:
+        handler.stats.future_timestamps += 1
+        event = clamped
     repeat = cache.repeat_of(job, event)
     if repeat is not None:
         state.metrics.count_update(repeat)
         return JSONResponse({"job_id": job_id, "outcome": repeat, "job": None})
-    handler: ProgressHandler = state.handler
     if wait:
         result = await run_in_threadpool(handler.apply, event, job_id, immediate=True)
     else:

@@ -182,6 +182,7 @@ class JobOut(BaseModel):
     last_progress_at: datetime | None = None
     heartbeat_at: datetime | None = None
     last_event_at: datetime | None = None
+    last_event_clock: str | None = None
     last_sequence: int | None = None
     version: int
     ignored_count: int = 0

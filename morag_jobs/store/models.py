@@ -147,6 +147,7 @@ class JobRow(Base):
     last_progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_event_clock: Mapped[str | None] = mapped_column(String(64))
     last_sequence: Mapped[int | None] = mapped_column(BigInteger)
     version: Mapped[int] = mapped_column(Integer, server_default="0")
     ignored_count: Mapped[int] = mapped_column(Integer, server_default="0")

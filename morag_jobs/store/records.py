@@ -75,6 +75,7 @@ class Job:
     last_progress_at: datetime | None = None
     heartbeat_at: datetime | None = None
     last_event_at: datetime | None = None
+    last_event_clock: str | None = None
     last_sequence: int | None = None
     version: int = 0
     ignored_count: int = 0
