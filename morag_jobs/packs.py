@@ -19,6 +19,7 @@ from typing import Any
 import regex
 
 from morag_jobs.errors import PatternPackError
+from morag_jobs.linearity import HEADS, heads_of, superlinear
 from morag_jobs.recognise import RecogniserRules
 
 __all__ = [
@@ -210,7 +211,9 @@ def load_packs(directories: Iterable[Path], files: Iterable[Path] = ()) -> Patte
     """Load every ``*.toml`` in ``directories`` (in name order) and then ``files``.
 
     A later pattern or prefix with the same name replaces an earlier one, which is how a
-    user's pack overrides a built-in format without copying the whole pack.
+    user's pack overrides a built-in format without copying the whole pack. Every
+    expression of a pack that is not built in must run in linear time on hostile lines
+    (see ``morag_jobs.linearity``); one that does not is refused with its file and name.
     """
     paths: list[Path] = []
     for directory in directories:
@@ -223,24 +226,36 @@ def load_packs(directories: Iterable[Path], files: Iterable[Path] = ()) -> Patte
     contexts: dict[str, Context] = {}
     ignores: dict[str, Ignore] = {}
     result = PatternSet()
+    builtin = builtin_pack_dir().resolve()
     for path in paths:
         data = _read_toml(path)
+        built: list[Pattern | Prefix | Context | Ignore] = []
         for item in data.pop("pattern", []):
             pattern = _build_pattern(path, item)
             patterns[pattern.name] = pattern
+            built.append(pattern)
         for item in data.pop("prefix", []):
             prefix = _build_prefix(path, item)
             prefixes[prefix.name] = prefix
+            built.append(prefix)
         for item in data.pop("context", []):
             context = _build_context(path, item)
             contexts[context.name] = context
+            built.append(context)
         for item in data.pop("ignore", []):
             ignore = _build_ignore(path, item)
             ignores[ignore.name] = ignore
+            built.append(ignore)
         if "json" in data:
             result.json = _build_json(path, data.pop("json"))
         if "recogniser" in data:
+            before = result.recogniser.cues
             result.recogniser = result.recogniser.merged(path, data.pop("recogniser"))
+            cues = [(cue.name, cue.regex) for cue in result.recogniser.cues if cue not in before]
+        else:
+            cues = []
+        if path.resolve().parent != builtin:
+            _require_linear(path, built, cues)
         data.pop("pack", None)
         if data:
             raise PatternPackError(path, f"unknown top-level keys {sorted(data)}")
@@ -251,6 +266,30 @@ def load_packs(directories: Iterable[Path], files: Iterable[Path] = ()) -> Patte
     result.contexts = list(contexts.values())
     result.ignores = list(ignores.values())
     return result
+
+
+def _require_linear(
+    path: Path,
+    built: list[Pattern | Prefix | Context | Ignore],
+    cues: list[tuple[str, Regex]],
+) -> None:
+    """Refuse a user pack with an expression that a long hostile line makes super-linear."""
+    checks: list[tuple[str, Regex, list[str]]] = [(name, regex, []) for name, regex in cues]
+    for item in built:
+        lines = [str(example.get("line", "")) for example in item.examples]
+        checks.append((item.name, item.regex, lines))
+        if isinstance(item, Pattern | Context | Ignore) and item.prefilter is not None:
+            checks.append((item.name, item.prefilter.scanner, lines))
+        if isinstance(item, Context) and item.count is not None:
+            checks.append((item.name, item.count, lines))
+    for name, expression, lines in checks:
+        line = superlinear(expression.search, heads_of(lines) + list(HEADS))
+        if line is not None:
+            raise PatternPackError(
+                path, f"regex {expression.pattern[:60]!r} takes super-linear time on long lines "
+                      f"such as {line!r}...; use possessive quantifiers or atomic groups "
+                      "(\\s++, (?>...)) and no two quantifiers that can match the same text",
+                name)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Any
 from morag_jobs.events import ProgressEvent, utc_now
 from morag_jobs.packs import Context
 from morag_jobs.parser import ProgressEventParser
-from morag_jobs.terminal import RedrawSplitter, Update, redraws
+from morag_jobs.terminal import MAX_UPDATE_CHARS, RedrawSplitter, Update, redraws
 from morag_jobs.values import seconds
 
 __all__ = ["ProgressStream", "StreamStats"]
@@ -46,6 +46,8 @@ class StreamStats:
     inner: int = 0
     rejected: int = 0
     context: int = 0
+    cut: int = 0
+    """Log records longer than ``MAX_UPDATE_CHARS``: only their head and tail were read."""
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -126,11 +128,20 @@ class ProgressStream:
         """One complete log line (a logging record's message): every update in it counts.
 
         The log tap calls this for every record a task logs, so a line without redraws
-        goes straight to the parser's cheap test, with no screen replayed for it.
+        goes straight to the parser's cheap test, with no screen replayed for it. A record
+        longer than ``MAX_UPDATE_CHARS`` (a task that logs a whole document) is read by its
+        head and its tail only, where a progress figure would be, so no record costs more
+        than a bounded parse whatever its length (counted in ``stats.cut``).
         """
+        texts = redraws(line) if len(line) <= MAX_UPDATE_CHARS else self._cut(line)
         with self._lock:
             self._records += 1  # each record is a line of its own
-            return self._events([Update(text, self._records) for text in redraws(line)])
+            return self._events([Update(text, self._records) for text in texts])
+
+    def _cut(self, line: str) -> list[str]:
+        self.stats.cut += 1
+        half = MAX_UPDATE_CHARS // 2
+        return [*redraws(line[:half]), *redraws(line[-half:])]
 
     def peek(self, line: str | bytes) -> ProgressEvent | None:
         """The latest update of a line still being drawn, if the job follows it.

@@ -11,28 +11,23 @@ does not fail it; a quadratic expression lands near 100x.
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from morag_jobs import ProgressEventParser
+from morag_jobs.errors import PatternPackError
+from morag_jobs.linearity import adversarial
 from morag_jobs.packs import builtin_pack_dir, load_packs
 from morag_jobs.streams import ProgressStream
+from morag_jobs.terminal import MAX_UPDATE_CHARS
 
 PACKS = load_packs([builtin_pack_dir()])
 SHORT, LONG = 5_000, 50_000
 GROWTH_LIMIT = 30.0
-HEADS = ["", "Processing progress: a", "Progress: 5% - a", "[ 5% ] a", "Stage: a (",
-         "45%|", "frame=1 ", "Epoch ", "Downloading ", "x: ", "{\"progress\": "]
-BODIES = [" ", "1", "%", "|", "[", "(", "1/", "1 of ", ": ", "..", "=> ", ":00", "5% ", "#",
-          "=", "\r5%"]
-
-
-def adversarial(length: int) -> Iterator[str]:
-    for head in HEADS:
-        for body in BODIES:
-            yield head + body * (length // len(body)) + "x"
 
 
 def _seconds(run: Callable[[str], object], line: str) -> float:
@@ -90,3 +85,48 @@ def test_a_stream_is_linear_on_one_endless_line() -> None:
     # A stream keeps at most MAX_UPDATE_CHARS of a line that never ends, so it is
     # measured from lengths beyond that cap, where what remains is reading the input.
     _assert_linear("ProgressStream.feed", feed, scale=10)
+
+
+QUADRATIC = r"^(?P<message>.*?)\s+Progress:\s*(?P<percent>\d+)%"
+"""The shape of the seed's formats before they were fixed: a lazy run, then a greedy one."""
+
+
+def _pack(tmp_path: Path, regex: str, name: str = "mine.pattern") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f"""[[pattern]]
+name = "{name}"
+regex = '{regex}'
+prefilter = "Progress:"
+examples = [{{ line = "copying Progress: 5%", percent = 5.0 }}]
+""")
+    return path
+
+
+def test_a_user_pack_with_a_super_linear_pattern_is_refused_at_load(tmp_path: Path) -> None:
+    with pytest.raises(PatternPackError, match="super-linear") as refused:
+        load_packs([builtin_pack_dir()], [_pack(tmp_path, QUADRATIC)])
+    assert refused.value.pattern == "mine.pattern" and str(tmp_path) in refused.value.path
+
+
+def test_a_user_pack_with_a_linear_pattern_loads(tmp_path: Path) -> None:
+    linear = r"^(?P<message>[^\n]*?)Progress:\s*+(?P<percent>\d++)%"
+    packs = load_packs([builtin_pack_dir()], [_pack(tmp_path, linear)])
+    assert any(pattern.name == "mine.pattern" for pattern in packs.patterns)
+
+
+def test_the_load_time_check_passes_every_built_in_expression(tmp_path: Path) -> None:
+    """The built-in packs, loaded as if they were a user's: none is refused."""
+    copy = tmp_path / "packs"
+    shutil.copytree(builtin_pack_dir(), copy)
+    assert len(load_packs([copy]).patterns) == len(PACKS.patterns)
+
+
+def test_the_log_tap_reads_a_huge_record_by_its_head_and_tail() -> None:
+    stream = ProgressStream(ProgressEventParser(use_environment=False))
+    record = "Processing progress: Indexing (45%) " + " " * 1_000_000 + "x"
+    events = stream.feed_line(record)
+    assert [event.percent for event in events] == [45.0]
+    assert stream.stats.cut == 1
+    fresh = ProgressStream(ProgressEventParser(use_environment=False))
+    tail = fresh.feed_line("x" * (MAX_UPDATE_CHARS * 4) + " Step 80/100 embedding")
+    assert [event.percent for event in tail] == [80.0], "the end of a long record is read too"
