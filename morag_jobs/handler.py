@@ -9,6 +9,7 @@ into the code that reported progress: a refused or failed update returns False (
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter
@@ -30,6 +31,10 @@ __all__ = ["ApplyResult", "HandlerStats", "Listener", "ProgressHandler"]
 
 MAPPING_CACHE_MAX = 4096
 """Most task/worker -> job lookups the handler keeps cached (each for ``mapping_ttl``)."""
+ENDED_MEMORY = 600.0
+"""Seconds an ended job is remembered, so late events on it are refused without a query."""
+ENDED_MEMORY_MAX = 100_000
+"""At most this many ended jobs are remembered, however many ended within ``ENDED_MEMORY``."""
 log = structlog.get_logger(__name__)
 
 Listener = Callable[[str, Job], None]
@@ -132,7 +137,9 @@ class ProgressHandler:
         self.stats = HandlerStats()
         self._mapping_ttl = mapping_ttl
         self._mappings: dict[tuple[str, str], tuple[str | None, float]] = {}
-        self._terminal: dict[str, JobStatus] = {}
+        self._terminal: dict[str, float] = {}
+        """Ended jobs -> when they may be forgotten (monotonic), oldest first: late events
+        on them are refused without a query for ``ENDED_MEMORY`` seconds."""
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         self._writer = CoalescingWriter(
@@ -380,7 +387,7 @@ class ProgressHandler:
             # Queued by the writer and retried until it lands. Until then the job counts
             # as ended here, so progress reported after it is not written before it.
             if kind in _ENDINGS:
-                self._terminal[job_id] = _ENDINGS[kind]
+                self._terminal[job_id] = math.inf  # until the completion lands
             return False
         if job is None:
             log.info("job already ended; nothing to do", job_id=job_id, kind=kind)
@@ -400,9 +407,7 @@ class ProgressHandler:
         if kind == "progress" and not any(outcome == "applied" for _, outcome, _ in tallies):
             return  # e.g. a late event counted on an ended job: nothing to tell listeners
         if job.status.is_terminal:
-            self._terminal[job_id] = job.status
-            if len(self._terminal) > 100_000:
-                self._terminal.pop(next(iter(self._terminal)))
+            self._remember_ended(job_id)
             self._forget_mappings(job_id)
         event_type = _EVENT_TYPES.get(job.status, "updated")
         for listener in self._listeners:
@@ -420,6 +425,19 @@ class ProgressHandler:
                 self.stats.listener_errors += 1
                 log.exception("progress listener failed", listener=repr(listener),
                               attempt=attempt, job_id=job.id)
+
+    def _remember_ended(self, job_id: str) -> None:
+        """Keep an ended job for a while, so its late events cost no query; no longer,
+        so a long-running worker's memory does not grow with every job it ever ran."""
+        now = time.monotonic()
+        ended = self._terminal
+        ended.pop(job_id, None)  # re-inserted last: the dict stays oldest first
+        ended[job_id] = now + ENDED_MEMORY
+        while ended:
+            first = next(iter(ended))
+            if ended[first] > now and len(ended) <= ENDED_MEMORY_MAX:
+                break
+            del ended[first]
 
     def _forget_mappings(self, job_id: str) -> None:
         try:

@@ -192,6 +192,9 @@ class CoalescingWriter:
                 time.sleep(_delay(attempt, self.max_backoff))
                 continue
             self._on_written(job_id, job, kind, tally() if tally is not None else [])
+            if job is not None and job.status.is_terminal:
+                with self._lock:
+                    self._drop_clock(job_id, ended=True)
             return job
 
     def flush(self, timeout: float | None = None) -> int:
@@ -284,6 +287,7 @@ class CoalescingWriter:
         self, job_id: str, pending: _Pending | None, clock: _JobClock,
         finals: list[tuple[Mutation, str]],
     ) -> bool:
+        job: Job | None = None
         try:
             if pending is not None:
                 job, verdicts = self._write_progress(job_id, pending)
@@ -306,9 +310,17 @@ class CoalescingWriter:
         with self._lock:
             clock.failures = 0
             clock.retry_at = 0.0
-            if not clock.final and job_id not in self._pending and len(self._clocks) > 10_000:
-                del self._clocks[job_id]
+            self._drop_clock(job_id, ended=job is not None and job.status.is_terminal)
         return True
+
+    def _drop_clock(self, job_id: str, *, ended: bool) -> None:
+        """A job's clock ends with the job (nothing more will be coalesced for it); a
+        running job's is kept for its interval, unless very many are running at once."""
+        clock = self._clocks.get(job_id)
+        if clock is not None and not clock.final and job_id not in self._pending and (
+            ended or len(self._clocks) > 10_000
+        ):
+            del self._clocks[job_id]
 
     def _write_progress(
         self, job_id: str, pending: _Pending

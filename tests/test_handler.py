@@ -894,6 +894,27 @@ def test_timestamps_are_compared_only_within_one_clock(
     assert job.percentage == 30.0 and job.last_event_clock == "remote:gpu-02"
 
 
+def test_per_job_state_ends_with_the_job(handler: ProgressHandler, store: JobStore) -> None:
+    """5,000 jobs run and end: the writer keeps no clock for any of them, and the handler
+    remembers ended jobs only for a while."""
+    for i in range(5_000):
+        job_id = f"done-{i}"
+        store.create_job(job_id=job_id)
+        handler.apply(ProgressEvent(percent=50.0), job_id)
+        handler.handle_job_completion(job_id, True, "done")
+    handler.flush()
+    writer = handler._writer  # private state: its size is the point here
+    assert len(writer._clocks) == 0, f"{len(writer._clocks)} clocks of ended jobs kept"
+    ended = handler._terminal
+    assert len(ended) == 5_000, "ended jobs are remembered a while: late events cost no query"
+    first = next(iter(ended))
+    ended[first] = 0.0  # as if its time had passed
+    handler.apply(ProgressEvent(percent=1.0), "done-0")  # a late event on an ended job
+    store.create_job(job_id="one-more")
+    handler.handle_job_completion("one-more", True, "done")
+    assert first not in ended, "an ended job is forgotten once its time has passed"
+
+
 def test_task_lookups_are_not_kept_forever(handler: ProgressHandler, store: JobStore) -> None:
     """Plain .delay() tasks each ask for their job: the cache of answers stays bounded,
     and a task's entry goes when its job ends."""

@@ -111,8 +111,11 @@ class JobCache:
         return await self.jobs.get(job_id)
 
     def remember(self, _event_type: str, job: Job) -> None:
-        """Handler listener: keep the snapshot of a job this process just wrote."""
+        """Handler listener: keep the snapshot of a job this process just wrote; forget
+        what was sent for a job that ended (no retry of it can change anything now)."""
         self.jobs.update(job.id, JobCheck.of(job))
+        if job.status.is_terminal:
+            self._sent.pop(job.id, None)
 
     def close(self) -> None:
         self.jobs.close()
