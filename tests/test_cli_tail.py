@@ -145,3 +145,15 @@ def test_tail_follows_rotation_and_exits_cleanly_on_sigterm(
     assert "4 lines read" in stderr
     files = json.loads(checkpoint.read_text())["files"]
     assert files[str(log)]["offset"] == log.stat().st_size
+
+
+def test_the_summary_says_when_a_truncation_lost_lines() -> None:
+    from morag_jobs.cli.tail import _summary
+    from morag_jobs.follow import FollowerStats
+
+    quiet = _summary(FollowerStats(lines=10))
+    assert "LOST" not in quiet and "restart" not in quiet
+    lost = _summary(FollowerStats(lines=10, truncations=1, truncated_unread=1,
+                                  unread_bytes=4096, already_applied=3))
+    assert "LOST 4096 bytes to 1 truncations" in lost and "delaycompress" in lost
+    assert "3 applied before a restart, skipped" in lost

@@ -123,4 +123,8 @@ def _summary(stats: FollowerStats) -> str:
         f"{stats.rotations} rotations ({stats.truncations} by truncation)"
         + (f"; {stats.untrusted} naming a job not followed (see --trust-line-ids)"
            if stats.untrusted else "")
+        + (f"; {stats.already_applied} applied before a restart, skipped"
+           if stats.already_applied else "")
+        + (f"; LOST {stats.unread_bytes} bytes to {stats.truncated_unread} truncations before "
+           "they were read (copytruncate: use delaycompress)" if stats.truncated_unread else "")
     )
