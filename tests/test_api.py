@@ -10,6 +10,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -523,6 +524,4 @@ def test_a_report_from_a_clock_far_ahead_does_not_freeze_the_job(api: Api, admin
 
 
 def _now_iso() -> str:
-    from datetime import UTC, datetime
-
     return datetime.now(UTC).isoformat()

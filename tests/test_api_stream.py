@@ -6,6 +6,7 @@ engine, as a Celery worker would be; the stream only sees what reaches the datab
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -17,7 +18,9 @@ import pytest
 from api_helpers import Api, running_api, served, sse_events
 
 from morag_jobs import ProgressEvent
-from morag_jobs.api import ApiKeys
+from morag_jobs.api import ApiKeys, watch
+from morag_jobs.api.watch import Batch, JobFeed, SeenJobs
+from morag_jobs.events import utc_now
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.store import JobStore
 
@@ -142,3 +145,38 @@ def test_all_jobs_stream_shows_a_user_only_their_jobs(database_url: str) -> None
     store.close()
     assert {job["id"] for job in seen} == {mine.id}, "bob's job never shows in alice's stream"
     assert seen[-1]["percentage"] == 30.0, "the latest state arrives"
+
+
+def test_a_dashboard_stream_that_fell_behind_reads_what_it_missed(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared feed keeps recent batches only; a listener behind them is told so and
+    reads the jobs changed since its own cursor itself, missing none."""
+    monkeypatch.setattr(watch, "_KEEP_ITEMS", 2)  # a second batch pushes the first out
+    store = JobStore(sqlite_url, create_tables=True)
+    handler = ProgressHandler(store=store, interval=0)
+    first, second = store.create_job(), store.create_job()
+    seen = SeenJobs(utc_now())
+
+    async def fall_behind() -> tuple[list[Batch] | None, list[Batch] | None]:
+        feed = JobFeed(store, interval=0.02)
+        start = feed.listen()
+        position, created = await feed.batches(start, 5)  # the new jobs, in one batch
+        handler.apply(ProgressEvent(percent=10, source="callback"), first.id, immediate=True)
+        updated: list[Batch] | None = []
+        while not updated:
+            position, updated = await feed.batches(position, 5)
+        _, behind = await feed.batches(start, 5)
+        feed.leave()
+        return created, behind
+
+    try:
+        created, behind = asyncio.run(fall_behind())
+        assert created and created[0].size == 2 and first.id in created[0].everyone \
+            and second.id in created[0].everyone, "the jobs created just before come first"
+        assert behind is None, "a listener behind the kept batches is told it missed some"
+        missed = {job.id for job in seen.read_changed(store)}
+        assert missed == {first.id, second.id}, "its own read finds every job it missed"
+    finally:
+        handler.close()
+        store.close()

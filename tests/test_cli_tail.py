@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from morag_jobs.cli.tail import _summary
+from morag_jobs.follow import FollowerStats
 from morag_jobs.store import JobStore
 
 WAIT_SECONDS = 30.0
@@ -148,9 +150,6 @@ def test_tail_follows_rotation_and_exits_cleanly_on_sigterm(
 
 
 def test_the_summary_says_when_a_truncation_lost_lines() -> None:
-    from morag_jobs.cli.tail import _summary
-    from morag_jobs.follow import FollowerStats
-
     quiet = _summary(FollowerStats(lines=10))
     assert "LOST" not in quiet and "restart" not in quiet
     lost = _summary(FollowerStats(lines=10, truncations=1, truncated_unread=1,

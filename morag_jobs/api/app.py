@@ -27,6 +27,8 @@ from morag_jobs.api.auth import ApiKeys
 from morag_jobs.api.metrics import ApiMetrics, UpdateTimer
 from morag_jobs.api.remote import JobCache
 from morag_jobs.api.schemas import ProgressUpdate
+from morag_jobs.api.stream import DEFAULT_MAX_STREAMS, StreamSlots
+from morag_jobs.api.watch import JobFeed, JobWatch
 from morag_jobs.errors import StoreUnavailable
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.store import JobStore
@@ -52,6 +54,9 @@ class ApiState:
     max_body_bytes: int
     stream_poll_interval: float
     heartbeat_interval: float
+    stream_slots: StreamSlots
+    watch: JobWatch
+    feed: JobFeed
 
 
 def create_app(
@@ -64,6 +69,8 @@ def create_app(
     write_interval: float = 0.5,
     stream_poll_interval: float = 0.5,
     heartbeat_interval: float = 15.0,
+    max_streams_per_key: int | None = None,
+    max_streams: int = DEFAULT_MAX_STREAMS,
     freeze_gc: bool = False,
     webhook_secret: str | None = None,
 ) -> FastAPI:
@@ -80,6 +87,8 @@ def create_app(
     exists at startup out of the garbage collector's sight (``gc.freeze``): a server
     process then pays for a full collection only over what it allocated since, not over
     every imported module (tens of milliseconds, during which no request is answered).
+    ``max_streams_per_key`` (default ``MORAG_API_MAX_STREAMS_PER_KEY``, 8) and
+    ``max_streams`` bound the event streams open at once per key and in all.
     """
     owns_store = store is None and handler is None
     if store is None:
@@ -95,6 +104,10 @@ def create_app(
         store=store, handler=handler, keys=ApiKeys(store, cache_ttl=cache_ttl),
         jobs=job_cache, metrics=ApiMetrics(handler, store), max_body_bytes=max_body_bytes,
         stream_poll_interval=stream_poll_interval, heartbeat_interval=heartbeat_interval,
+        stream_slots=StreamSlots(
+            settings.api_max_streams_per_key() if max_streams_per_key is None
+            else max_streams_per_key, max_streams),
+        watch=JobWatch(store, stream_poll_interval), feed=JobFeed(store, stream_poll_interval),
     )
 
     secret = settings.webhook_secret() if webhook_secret is None else webhook_secret

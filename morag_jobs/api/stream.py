@@ -1,8 +1,9 @@
 """Server-Sent Events: one job's updates until it ends, or every readable job's updates.
 
 Updates are written by other processes (Celery workers, other server processes), so
-the streams poll the database: the job's ``version`` (one job) or ``updated_at`` (all
-jobs) every ``stream_poll_interval`` seconds, and send what changed. Events:
+the streams learn of them from the database, read every ``stream_poll_interval`` seconds
+once for all the streams of the process (:mod:`morag_jobs.api.watch`): the watched jobs'
+``version`` (job streams) or the jobs changed since (all-jobs streams). Events:
 
 - ``job``: the job as it now is (JSON, as ``GET /api/v1/jobs/{id}``); the first one is
   the snapshot at connection time.
@@ -11,61 +12,117 @@ jobs) every ``stream_poll_interval`` seconds, and send what changed. Events:
 
 A comment line (``: ping``) is sent every ``heartbeat_interval`` seconds so proxies
 keep the connection open.
+
+Each key may hold ``max_streams_per_key`` streams open at once in a server process
+(**429** with ``Retry-After`` beyond), the process at most ``max_streams`` (**503**): an
+open stream holds a connection and its share of the sending however little it
+receives, so one client opening hundreds must not take the API from the workers
+reporting progress. A stream gives its slot back when it ends or its client goes away.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
-from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from collections import Counter
+from collections.abc import AsyncGenerator, Callable
+from functools import partial
 from typing import Annotated, Any, Final, cast
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import Table, func, select
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from morag_jobs.api.auth import Principal, authenticate_stream
 from morag_jobs.api.remote import JobId
-from morag_jobs.api.schemas import errors, job_json
+from morag_jobs.api.schemas import ErrorBody, errors
+from morag_jobs.api.watch import (
+    JobFeed,
+    JobWatch,
+    SeenJobs,
+    feed_text,
+    history_text,
+    job_text,
+    sse,
+)
 from morag_jobs.events import utc_now
 from morag_jobs.store import Job, JobStore
 from morag_jobs.store.models import JobEventRow
 
-__all__ = ["router", "sse"]
+__all__ = ["DEFAULT_MAX_STREAMS", "StreamSlots", "router", "sse"]
 
 EVENTS = cast(Table, JobEventRow.__table__)
-OVERLAP: Final = timedelta(seconds=2)
-"""The all-jobs stream re-reads this far back: a write committed late is still seen."""
-PAGE: Final = 500
 HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+DEFAULT_MAX_STREAMS: Final = 512
+"""Open streams one server process holds at most: each is a socket (file descriptor)."""
+RETRY_AFTER: Final = "10"
 
 
-def sse(event: str, data: Any, event_id: str | None = None) -> str:
-    """One Server-Sent Event; ``data`` as compact JSON on one line."""
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+class StreamSlots:
+    """How many streams each key holds open in this process, and the most it may.
+
+    Only the event loop touches the counts, so they need no lock. Each server process
+    counts its own streams: with ``--workers N`` a key may hold up to N times the limit.
+    """
+
+    def __init__(self, per_key: int, total: int = DEFAULT_MAX_STREAMS) -> None:
+        for name, value in (("max_streams_per_key", per_key), ("max_streams", total)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1 (got {value})")
+        self.per_key = per_key
+        self.total = total
+        self._open: Counter[str] = Counter()
+
+    def held(self, key_id: str | None = None) -> int:
+        """Streams open now: the key's, or all."""
+        return self._open[key_id] if key_id is not None else self._open.total()
+
+    def take(self, key_id: str) -> Callable[[], None]:
+        """A slot for ``key_id`` and the call that gives it back (once); 429 or 503 if full."""
+        if self._open[key_id] >= self.per_key:
+            raise HTTPException(
+                429, f"too many open streams for this key (the limit is {self.per_key} per "
+                     "key); close one (one /api/v1/stream shows every job) and retry",
+                headers={"Retry-After": RETRY_AFTER})
+        if self._open.total() >= self.total:
+            raise HTTPException(
+                503, f"too many open streams on this server (the limit is {self.total}); "
+                     "retry later", headers={"Retry-After": RETRY_AFTER})
+        self._open[key_id] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._open[key_id] -= 1
+                if self._open[key_id] <= 0:
+                    del self._open[key_id]
+
+        return release
 
 
-class _Ticker:
-    """Wait for the next poll, and say when a heartbeat comment is due."""
+class _HeldStream(StreamingResponse):
+    """An event stream that gives its slot back however it ends: done, error, or client gone.
 
-    def __init__(self, poll: float, heartbeat: float) -> None:
-        self.poll = poll
-        self.heartbeat = heartbeat
-        self.last_sent = time.monotonic()
+    Starlette notices a client that went away while the stream waits (it listens for
+    ``http.disconnect`` beside the stream) and cancels the stream; the ``finally`` here
+    runs then too, and closes the generator so its own ``finally`` (unwatching) runs now
+    rather than whenever the garbage collector gets to it.
+    """
 
-    async def wait(self) -> str | None:
-        await asyncio.sleep(self.poll)
-        if time.monotonic() - self.last_sent >= self.heartbeat:
-            self.sent()
-            return ": ping\n\n"
-        return None
+    def __init__(self, events: AsyncGenerator[str, None], release: Callable[[], None]) -> None:
+        super().__init__(events, media_type="text/event-stream", headers=HEADERS)
+        self._events = events
+        self._release = release
 
-    def sent(self) -> None:
-        self.last_sent = time.monotonic()
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+            await self._events.aclose()
 
 
 def _last_event_id(store: JobStore, job_id: str) -> int:
@@ -74,71 +131,80 @@ def _last_event_id(store: JobStore, job_id: str) -> int:
         return int(connection.scalar(query) or 0)
 
 
-async def _job_events(state: Any, first: Job) -> AsyncIterator[str]:
+async def _job_events(state: Any, first: Job) -> AsyncGenerator[str, None]:
     store: JobStore = state.store
-    ticker = _Ticker(state.stream_poll_interval, state.heartbeat_interval)
+    watch: JobWatch = state.watch
     cursor = await run_in_threadpool(_last_event_id, store, first.id)
-    yield f"retry: 2000\n{sse('job', job_json(first), str(first.version))}"
-    job: Job | None = first
-    while job is not None and not job.status.is_terminal:
-        ping = await ticker.wait()
-        if ping:
-            yield ping
-        fresh = await run_in_threadpool(store.get_job, first.id)
-        if fresh is None:
-            yield sse("end", {"job_id": first.id, "status": None, "reason": "deleted"})
-            return
-        if fresh.version != job.version:
-            history = await run_in_threadpool(store.get_events, first.id, after_id=cursor)
-            for record in history:
-                yield sse("history", record.to_dict())
-                cursor = record.id
-            yield sse("job", job_json(fresh), str(fresh.version))
-            ticker.sent()
-        job = fresh
-    if job is not None:
-        yield sse("end", {"job_id": job.id, "status": job.status.value, "reason": "ended"})
+    yield f"retry: 2000\n{job_text(first)}"
+    job = first
+    if not job.status.is_terminal:
+        watch.watch(job, cursor)
+    try:
+        while not job.status.is_terminal:
+            change = await watch.changed(job.id, job.version, state.heartbeat_interval)
+            if change is None:
+                yield ": ping\n\n"
+                continue
+            if change.job is None:
+                yield sse("end", {"job_id": job.id, "status": None, "reason": "deleted"})
+                return
+            history = change.history
+            if cursor < change.after:  # missed a change: read the gap
+                records = await run_in_threadpool(store.get_events, job.id, after_id=cursor)
+                history = tuple((record.id, history_text(record)) for record in records)
+            texts = [text for event_id, text in history if event_id > cursor]
+            cursor = max([cursor, *(event_id for event_id, _ in history)])
+            job = change.job
+            yield "".join([*texts, change.text])  # one write: the sends are what streams cost
+    finally:
+        if not first.status.is_terminal:
+            watch.unwatch(first.id)
+    yield sse("end", {"job_id": job.id, "status": job.status.value, "reason": "ended"})
 
 
-async def _all_events(state: Any, user_id: str | None) -> AsyncIterator[str]:
-    store: JobStore = state.store
-    ticker = _Ticker(state.stream_poll_interval, state.heartbeat_interval)
-    cursor: datetime = utc_now()
-    seen: dict[str, tuple[int, datetime]] = {}
+async def _all_events(state: Any, user_id: str | None) -> AsyncGenerator[str, None]:
+    feed: JobFeed = state.feed
+    heartbeat: float = state.heartbeat_interval
     yield "retry: 2000\n: connected\n\n"
-    while True:
-        offset = 0
+    since, sent_at = utc_now(), time.monotonic()
+    position = feed.listen()
+    try:
         while True:
-            jobs = await run_in_threadpool(
-                store.list_jobs, user_id=user_id, updated_after=cursor - OVERLAP, limit=PAGE,
-                offset=offset, order_by="updated_at",
-            )
-            for job in jobs:
-                if seen.get(job.id, (-1, cursor))[0] < job.version:
-                    seen[job.id] = (job.version, job.updated_at or cursor)
-                    yield sse("job", job_json(job), f"{job.id}:{job.version}")
-                    ticker.sent()
-            offset += len(jobs)
-            if len(jobs) < PAGE:
-                break
-        cursor = max([cursor, *(at for _, at in seen.values())])
-        horizon = cursor - OVERLAP * 2
-        for job_id in [key for key, (_, at) in seen.items() if at < horizon]:
-            del seen[job_id]
-        ping = await ticker.wait()
-        if ping:
-            yield ping
+            quiet = time.monotonic() - sent_at
+            if quiet >= heartbeat:
+                yield ": ping\n\n"
+                sent_at, quiet = time.monotonic(), 0.0
+            position, batches = await feed.batches(position, heartbeat - quiet)
+            if batches is None:  # fell behind what the feed keeps: read what it missed
+                seen = SeenJobs(since)
+                jobs = await run_in_threadpool(seen.read_changed, state.store, user_id)
+                text, since = "".join(feed_text(job) for job in jobs), seen.cursor
+            else:
+                text = "".join(batch.text_for(user_id) for batch in batches)
+                since = batches[-1].until if batches else since
+            if text:  # one write per poll, not per job: with many streams, sends are the cost
+                yield text
+                sent_at = time.monotonic()
+    finally:
+        feed.leave()
 
 
 router = APIRouter(prefix="/api/v1", tags=["streams"])
 _STREAM_OK = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
                     "description": "An event stream (`job`, `history`, `end` events)."}}
+_STREAM_LIMITS: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorBody, "description": "This key holds as many open streams as it may; "
+                                             "close one, or retry after `Retry-After` seconds."},
+    503: {"model": ErrorBody, "description": "The job database is unreachable, or this server "
+                                             "holds as many open streams as it may; retry "
+                                             "after `Retry-After` seconds."},
+}
 
 
 @router.get(
     "/jobs/{job_id}/stream",
     response_class=StreamingResponse,
-    responses={**_STREAM_OK, **errors(401, 403, 404, 422, 503)},
+    responses={**_STREAM_OK, **errors(401, 403, 404, 422), **_STREAM_LIMITS},
     summary="Stream one job's updates (SSE) until it ends",
 )
 async def stream_job(
@@ -151,21 +217,22 @@ async def stream_job(
 
     The key may come as ``Authorization: Bearer`` or, for EventSource, as
     ``?access_token=``. **403** for worker keys; **404** for an unknown job or one the
-    key may not read.
+    key may not read; **429** when the key already holds its most open streams (8 by
+    default), **503** when the server does.
     """
     principal.require_reader()
     state = request.app.state.morag
-    job = await run_in_threadpool(state.store.get_job, job_id)
-    if job is None or not principal.may_read(job):
+    job = await run_in_threadpool(partial(state.store.get_job, job_id, **principal.owner()))
+    if job is None:
         raise HTTPException(404, f"no job {job_id!r} that this key may read")
-    return StreamingResponse(_job_events(state, job), media_type="text/event-stream",
-                             headers=HEADERS)
+    release = state.stream_slots.take(principal.key_id)
+    return _HeldStream(_job_events(state, job), release)
 
 
 @router.get(
     "/stream",
     response_class=StreamingResponse,
-    responses={**_STREAM_OK, **errors(401, 403, 503)},
+    responses={**_STREAM_OK, **errors(401, 403), **_STREAM_LIMITS},
     summary="Stream updates of every job the key may read (SSE)",
 )
 async def stream_all(
@@ -175,13 +242,15 @@ async def stream_all(
     """Server-Sent Events: a ``job`` event each time a job changes, from about the time of
     connecting (the last 2 s included); a user key sees its own jobs, an admin key all.
     For the dashboard: list jobs with ``GET /api/v1/jobs`` first, then apply these (the
-    event id is ``<job id>:<version>``; a version not above the one shown is old news).
-    It never ends by itself.
+    event id is ``<job id>:<version>``; a version not above the one shown is old news,
+    as a stream that fell far behind may send one again). It never ends by itself.
 
     The key may come as ``Authorization: Bearer`` or ``?access_token=``. **403** for
-    worker keys.
+    worker keys; **429** when the key already holds its most open streams (8 by default),
+    **503** when the server does.
     """
     principal.require_reader()
     user_id = principal.subject if principal.scope == "user" else None
-    return StreamingResponse(_all_events(request.app.state.morag, user_id),
-                             media_type="text/event-stream", headers=HEADERS)
+    state = request.app.state.morag
+    release = state.stream_slots.take(principal.key_id)
+    return _HeldStream(_all_events(state, user_id), release)
