@@ -43,7 +43,7 @@ from morag_jobs import settings
 from morag_jobs import webhooks as wh
 from morag_jobs.logs import configure_logging
 from morag_jobs.store import JobStore
-from morag_jobs.webhook_outbox import DELIVERIES, connect
+from morag_jobs.store.outbox import DELIVERIES
 
 SECRET = wh.generate_secret()
 CHUNK = b"E" * 65536
@@ -88,7 +88,7 @@ def receiver() -> Iterator[str]:
 
 def queue(store: JobStore, urls: list[str]) -> None:
     """One due message per URL (fresh rows: the outbox is emptied first)."""
-    with connect(store, write=True) as connection:
+    with store._writing() as connection:  # the bench resets the outbox table
         connection.execute(delete(DELIVERIES))
     for url in urls:
         assert wh.enqueue(store, "completed", store.create_job(webhook_url=url)) == 1
@@ -139,7 +139,7 @@ def throughput(store: JobStore, bases: list[str], args: argparse.Namespace, slow
     deliverer.start()
     try:
         while True:
-            with connect(store, write=False) as connection:
+            with store._reading() as connection:
                 if connection.execute(pending).scalar_one() == 0:
                     break
             time.sleep(0.005)

@@ -19,17 +19,15 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import httpx
 import structlog
-from sqlalchemy import ColumnElement, or_, select, update
 
 from morag_jobs import settings
 from morag_jobs.errors import WebhookURLRefused
 from morag_jobs.events import utc_now
 from morag_jobs.store import JobStore
-from morag_jobs.webhook_outbox import DELIVERIES, WebhookDelivery, connect
+from morag_jobs.store.outbox import OutboxStore, WebhookDelivery
 from morag_jobs.webhook_signing import parse_secret, signature_headers
 from morag_jobs.webhook_transport import deadline, guarded_client
 from morag_jobs.webhook_urls import check_url
@@ -62,13 +60,6 @@ def endpoint_of(url: str) -> str:
     start = url.find("://") + 3 if "://" in url else 0
     ends = [index for index in (url.find(mark, start) for mark in "/?#") if index >= 0]
     return url[: min(ends, default=len(url))]
-
-
-def _under(endpoint: str) -> ColumnElement[bool]:
-    """Rows whose URL belongs to ``endpoint`` (its prefix up to a path, query or fragment)."""
-    url = DELIVERIES.c.url
-    return or_(url == endpoint,
-               *(url.startswith(endpoint + mark, autoescape=True) for mark in "/?#"))
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -122,6 +113,7 @@ class WebhookDeliverer:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
         self.store = store
+        self._outbox = OutboxStore(store)
         self._key = parse_secret(secret)
         self.max_attempts = max_attempts
         self.base_delay = base_delay
@@ -217,16 +209,8 @@ class WebhookDeliverer:
             busy = set(self._busy)
         if len(busy) >= self.concurrency:
             return []
-        due_now = DELIVERIES.c.next_attempt_at <= (now or utc_now())
-        query = (
-            select(DELIVERIES)
-            .where(DELIVERIES.c.status == "pending", due_now,
-                   *(~_under(endpoint) for endpoint in busy))  # their turn comes when they free
-            .order_by(DELIVERIES.c.next_attempt_at, DELIVERIES.c.id)
-            .limit(self.batch_size)
-        )
-        with connect(self.store, write=False) as connection:
-            due = [WebhookDelivery.from_row(row._mapping) for row in connection.execute(query)]
+        due = self._outbox.due(now or utc_now(), limit=self.batch_size,
+                               excluding=busy)  # their turn comes when they free
         queues: dict[str, list[WebhookDelivery]] = {}
         for delivery in due:
             queues.setdefault(endpoint_of(delivery.url), []).append(delivery)
@@ -271,18 +255,7 @@ class WebhookDeliverer:
     def _claim(self, delivery: WebhookDelivery, now: datetime | None) -> bool:
         clock = utc_now()
         lease = max(now or clock, clock) + timedelta(seconds=self.timeout + _LEASE_MARGIN)
-        claim = (
-            update(DELIVERIES)
-            .where(
-                DELIVERIES.c.id == delivery.id,
-                DELIVERIES.c.status == "pending",
-                DELIVERIES.c.attempts == delivery.attempts,
-                DELIVERIES.c.next_attempt_at <= (now or clock),
-            )
-            .values(attempts=delivery.attempts + 1, next_attempt_at=lease)
-        )
-        with connect(self.store, write=True) as connection:
-            return connection.execute(claim).rowcount == 1
+        return self._outbox.claim(delivery, now or clock, lease)
 
     def _post(self, client: httpx.Client, delivery: WebhookDelivery) -> _Attempt:
         body = json.dumps(delivery.payload, separators=(",", ":"), ensure_ascii=False)
@@ -309,24 +282,21 @@ class WebhookDeliverer:
 
     def _record(self, delivery: WebhookDelivery, attempt: _Attempt, attempts: int,
                 now: datetime) -> None:
-        values: dict[str, Any] = {"response_status": attempt.status_code,
-                                  "last_error": attempt.error}
         # A 2xx lands whatever became of the row meanwhile (its lease ran out, another
         # deliverer claimed it): the receiver has the message. A failure lands only on
         # the attempt it belongs to.
-        mine = [DELIVERIES.c.id == delivery.id, DELIVERIES.c.status != "delivered"]
+        outbox, status = self._outbox, attempt.status_code
+        outcome = "delivered" if attempt.ok else "failed"
         if attempt.ok:
-            values.update(status="delivered", delivered_at=utc_now())
+            outbox.record_delivered(delivery.id, status)
+        elif attempt.permanent:
+            outbox.record_failed(delivery.id, attempts, status, attempt.error)
+        elif attempts >= self.max_attempts:
+            gave_up = f"gave up after {attempts} attempts: {attempt.error}"
+            outbox.record_failed(delivery.id, attempts, status, gave_up)
         else:
-            mine += [DELIVERIES.c.attempts == attempts, DELIVERIES.c.status == "pending"]
-            if attempt.permanent:
-                values["status"] = "failed"
-            elif attempts >= self.max_attempts:
-                values.update(status="failed",
-                              last_error=f"gave up after {attempts} attempts: {attempt.error}")
-            else:
-                values["next_attempt_at"] = now + timedelta(seconds=self.backoff(attempts))
-        with connect(self.store, write=True) as connection:
-            connection.execute(update(DELIVERIES).where(*mine).values(values))
+            outcome = "retry"
+            retry_at = now + timedelta(seconds=self.backoff(attempts))
+            outbox.record_retry(delivery.id, attempts, status, attempt.error, retry_at)
         log.info("webhook attempt", message_id=delivery.message_id, url=delivery.url,
-                 attempt=attempts, outcome=values.get("status", "retry"), error=attempt.error)
+                 attempt=attempts, outcome=outcome, error=attempt.error)

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
-from sqlalchemy.exc import DBAPIError
 
 from morag_jobs import rules
 from morag_jobs.errors import ConcurrencyConflict, JobExists, JobNotFound, StoreUnavailable
@@ -32,7 +31,9 @@ __all__ = ["CoalescingWriter", "brief", "supersedes"]
 
 log = structlog.get_logger(__name__)
 
-RETRYABLE = (DBAPIError, StoreUnavailable, ConcurrencyConflict)
+RETRYABLE = (StoreUnavailable, ConcurrencyConflict)
+"""What a write may be retried after: the store translates every driver error into
+``StoreUnavailable`` at its boundary, so nothing here knows SQLAlchemy."""
 Tally = list[tuple[str, str, int]]
 """(source, outcome, number of events) for the events a write covered."""
 Written = Callable[[str, Job | None, str, Tally], None]
@@ -367,7 +368,9 @@ class CoalescingWriter:
 
 
 def brief(error: BaseException) -> str:
-    """The first line of a driver error: no SQL and no parameters (user data) in logs."""
+    """The first line of an error: no SQL and no parameters (user data) in logs."""
+    if isinstance(error, StoreUnavailable):
+        return error.reason  # already the driver's first line, password masked
     text = str(getattr(error, "orig", None) or error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 

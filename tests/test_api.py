@@ -19,10 +19,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from morag_jobs.api import create_app
-from morag_jobs.api.auth import API_KEYS, hash_key
+from morag_jobs.api.auth import hash_key
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.stages import StagePlan
 from morag_jobs.store import JobStatus, JobStore
+from morag_jobs.store.keys import API_KEYS
 
 PLAN = StagePlan({"download": (0, 10), "processing": (10, 70), "indexing": (70, 100)})
 

@@ -464,7 +464,7 @@ def test_migrations_create_exactly_the_models(store: JobStore) -> None:
 def test_postgresql_tables_are_not_created_implicitly(postgres_url: str) -> None:
 
     with JobStore(fresh_postgres_schema(postgres_url)) as store:
-        with pytest.raises(sa.exc.ProgrammingError, match="jobs"):
+        with pytest.raises(StoreUnavailable, match=r"jobs.*morag-jobs db upgrade"):
             store.get_job("x")
         assert not sa.inspect(store.engine).has_table("jobs"), "PostgreSQL is migrated, not created"
 
@@ -541,3 +541,27 @@ def test_the_default_url_comes_from_the_environment(
 def test_history_limit_must_be_positive() -> None:
     with pytest.raises(ValueError, match="history_limit must be at least 1"):
         JobStore("sqlite://", history_limit=0)
+
+
+def test_driver_errors_leave_the_store_as_its_own_error(postgres_url: str) -> None:
+    """Nothing outside the store needs SQLAlchemy's exception tree: a database without
+    the tables, on every read and write, is ``StoreUnavailable`` saying what to do."""
+    url = postgres_url + "?options=-csearch_path%3Dnothing_here"
+    store = JobStore(url, create_tables=False)
+    try:
+        for call in (lambda: store.get_job("x"), lambda: store.create_job(name="n"),
+                     lambda: store.set_mapping("worker", "w", "x"), store.count_jobs):
+            with pytest.raises(StoreUnavailable, match="morag-jobs db upgrade") as raised:
+                call()
+            assert "\n" not in raised.value.reason, "one line: no SQL, no parameters"
+    finally:
+        store.close()
+
+
+def test_a_constraint_violation_keeps_its_meaning(database_url: str) -> None:
+    with JobStore(database_url, create_tables=True) as store:
+        store.create_job(job_id="twice")
+        with pytest.raises(JobExists):
+            store.create_job(job_id="twice")
+        with pytest.raises(JobNotFound):
+            store.set_mapping("worker", "w", "no-such-job")

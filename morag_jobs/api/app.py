@@ -17,7 +17,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -146,7 +145,6 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(StoreUnavailable, _unavailable)
-    app.add_exception_handler(DBAPIError, _unavailable)
     # The last added runs first: time the whole request, size limit included.
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, on_refused=_count_refusal(state))
     app.add_middleware(UpdateTimer, metrics=state.metrics)

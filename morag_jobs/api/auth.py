@@ -15,20 +15,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Annotated, Any, Final, Literal, cast
+from typing import Annotated, Final
 
 from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import Table, select, update
 
 from morag_jobs.api.cache import RefreshingCache
 from morag_jobs.events import utc_now
 from morag_jobs.store import JobStore
-from morag_jobs.store.models import ApiKeyRow
+from morag_jobs.store.keys import ApiKey, KeyStore, Scope
 
 __all__ = [
     "SCOPES",
@@ -43,10 +40,8 @@ __all__ = [
     "principal_of",
 ]
 
-Scope = Literal["worker", "user", "admin"]
 SCOPES: tuple[Scope, ...] = ("worker", "user", "admin")
 KEY_PREFIX: Final = "mjk"
-API_KEYS = cast(Table, ApiKeyRow.__table__)
 
 BEARER = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer mjk_...`.")
 QUERY_TOKEN = APIKeyQuery(
@@ -74,24 +69,6 @@ def _key_id(key: str) -> str | None:
     if prefix != KEY_PREFIX or not key_id or not secret or len(key_id) > 32:
         return None
     return key_id
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKey:
-    """A stored key, without its secret."""
-
-    id: str
-    scope: Scope
-    subject: str | None
-    label: str | None
-    created_at: datetime
-    last_used_at: datetime | None = None
-    revoked_at: datetime | None = None
-
-    @classmethod
-    def from_row(cls, row: Any) -> ApiKey:
-        return cls(row.id, row.scope, row.subject, row.label, row.created_at,
-                   row.last_used_at, row.revoked_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +110,8 @@ class _Stored:
 
 
 class ApiKeys:
-    """The ``api_keys`` table, and a short cache so a busy key costs no query per request.
+    """Keys over the ``api_keys`` table (a :class:`KeyStore`), and a short cache so a busy
+    key costs no query per request.
 
     A revoked key stops working within ``cache_ttl`` seconds in every server process.
     ``last_used_at`` is written at most once per ``touch_every`` seconds per key.
@@ -141,14 +119,13 @@ class ApiKeys:
 
     def __init__(self, store: JobStore, *, cache_ttl: float = 1.0, touch_every: float = 60.0):
         self.store = store
+        self.key_store = KeyStore(store)
         self.touch_every = touch_every
         self._cache: RefreshingCache[str, _Stored] = RefreshingCache(
             self._load_many, ttl=cache_ttl, name="api-key", on_refresh=self._touch_many
         )
         self._verified: set[str] = set()
         self._touched: dict[str, float] = {}
-        self._ready = False
-        self._lock = threading.Lock()
 
     # -- managing keys ---------------------------------------------------------------------
 
@@ -164,32 +141,20 @@ class ApiKeys:
         key_id = secrets.token_hex(6)
         key = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
         record = ApiKey(key_id, scope, subject, label, utc_now())
-        values = {"id": key_id, "key_hash": hash_key(key), "scope": scope, "subject": subject,
-                  "label": label, "created_at": record.created_at}
-        with self._begin() as connection:
-            connection.execute(API_KEYS.insert().values(values))
+        self.key_store.add(record, hash_key(key))
         return record, key
 
     def revoke(self, key_id: str) -> ApiKey | None:
         """Revoke a key (kept for the record); None when there is no such key."""
-        with self._begin() as connection:
-            connection.execute(
-                update(API_KEYS)
-                .where(API_KEYS.c.id == key_id, API_KEYS.c.revoked_at.is_(None))
-                .values(revoked_at=utc_now())
-            )
+        self.key_store.revoke(key_id)
         self._cache.drop(key_id)
         return self.get(key_id)
 
     def get(self, key_id: str) -> ApiKey | None:
-        with self._connect() as connection:
-            row = connection.execute(select(API_KEYS).where(API_KEYS.c.id == key_id)).first()
-        return ApiKey.from_row(row) if row is not None else None
+        return self.key_store.get(key_id)
 
     def list_keys(self) -> list[ApiKey]:
-        with self._connect() as connection:
-            rows = connection.execute(select(API_KEYS).order_by(API_KEYS.c.created_at))
-            return [ApiKey.from_row(row) for row in rows]
+        return self.key_store.list_keys()
 
     # -- checking keys ---------------------------------------------------------------------
 
@@ -224,11 +189,8 @@ class ApiKeys:
         return stored.principal
 
     def _load_many(self, key_ids: list[str]) -> dict[str, _Stored]:
-        query = select(API_KEYS).where(API_KEYS.c.id.in_(key_ids),
-                                       API_KEYS.c.revoked_at.is_(None))
-        with self._connect() as connection:
-            return {row.id: _Stored(row.key_hash, Principal(row.id, row.scope, row.subject))
-                    for row in connection.execute(query)}
+        return {found.id: _Stored(found.key_hash, Principal(found.id, found.scope, found.subject))
+                for found in self.key_store.active(key_ids)}
 
     def _touch_many(self, key_ids: list[str]) -> None:
         """Write ``last_used_at`` of keys verified since, at most once per ``touch_every``."""
@@ -240,28 +202,7 @@ class ApiKeys:
         for key_id in due:
             self._verified.discard(key_id)
             self._touched[key_id] = now
-        with self._begin() as connection:
-            connection.execute(
-                update(API_KEYS).where(API_KEYS.c.id.in_(due)).values(last_used_at=utc_now())
-            )
-
-    # -- connections -----------------------------------------------------------------------
-
-    def _ensure_ready(self) -> None:
-        """Let the store create a new SQLite database's tables (it has no public hook)."""
-        if not self._ready:
-            with self._lock:
-                if not self._ready:
-                    self.store.count_jobs(job_type="")
-                    self._ready = True
-
-    def _connect(self) -> Any:
-        self._ensure_ready()
-        return self.store.engine.connect()
-
-    def _begin(self) -> Any:
-        self._ensure_ready()
-        return self.store.engine.begin()
+        self.key_store.touch(due)
 
 
 # -- FastAPI dependencies --------------------------------------------------------------------

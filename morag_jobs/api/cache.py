@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from morag_jobs.errors import StoreUnavailable
@@ -171,7 +170,7 @@ class RefreshingCache(Generic[K, V]):
                 values = self.load_many(batch)
                 if self.on_refresh is not None:
                     self.on_refresh(batch)
-            except (SQLAlchemyError, StoreUnavailable) as error:
+            except StoreUnavailable as error:
                 log.warning("cache refresh failed; entries age out", cache=self.name,
                             error=str(error).splitlines()[0] if str(error) else repr(error))
                 return

@@ -25,7 +25,6 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -110,7 +109,7 @@ class _JobsCollector(Collector):
         up = GaugeMetricFamily("morag_jobs_database_up", "1 when the job database answered.")
         try:
             counts = self.store.count_by_status()
-        except (SQLAlchemyError, StoreUnavailable):
+        except StoreUnavailable:
             up.add_metric([], 0)
             yield up
             return
@@ -173,12 +172,10 @@ def healthz(request: Request) -> Any:
     store: JobStore = request.app.state.morag.store
     try:
         store.list_jobs(limit=1)
-    except (SQLAlchemyError, StoreUnavailable) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        password = store.engine.url.password
-        reason = reason.replace(str(password), "***") if password else reason
+    except StoreUnavailable as error:
+        reason = error.reason[:200]
         return JSONResponse(
-            {"detail": f"job database {store.url} is not usable: {reason[:200]}; check that it "
+            {"detail": f"job database {store.url} is not usable: {reason}; check that it "
                        "is running and migrated ('morag-jobs db upgrade')"},
             status_code=503,
         )

@@ -21,7 +21,6 @@ from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from morag_jobs.api.auth import Principal, bearer_token, principal_of
@@ -38,8 +37,8 @@ from morag_jobs.api.schemas import (
 )
 from morag_jobs.events import ProgressEvent, not_ahead, utc_now
 from morag_jobs.handler import ProgressHandler
-from morag_jobs.store import Job, JobStatus, JobStore
-from morag_jobs.store import queries as q
+from morag_jobs.store import Job, JobStore
+from morag_jobs.store.reads import JobCheck, JobReads
 
 __all__ = ["JobCache", "JobCheck", "JobId", "router"]
 
@@ -58,28 +57,6 @@ class _Sent:
     timestamp: datetime
     clock: str
     content: tuple[Any, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class JobCheck:
-    """The columns a progress report is checked against: a light snapshot of the row."""
-
-    id: str
-    status: JobStatus
-    worker_id: str | None
-    version: int
-    last_sequence: int | None
-    last_event_at: datetime | None
-    last_event_clock: str | None
-    summary: str
-
-    @classmethod
-    def of(cls, job: Job) -> JobCheck:
-        return cls(job.id, job.status, job.worker_id, job.version, job.last_sequence,
-                   job.last_event_at, job.last_event_clock, job.summary)
-
-
-_CHECK_COLUMNS = [q.JOBS.c[name] for name in JobCheck.__dataclass_fields__]
 
 
 def _newer(old: JobCheck | None, new: JobCheck | None) -> JobCheck | None:
@@ -189,17 +166,10 @@ class JobCache:
     # -- batch reads (the refresher's) ---------------------------------------------------
 
     def _load_jobs(self, job_ids: list[str]) -> dict[str, JobCheck]:
-        query = select(*_CHECK_COLUMNS).where(q.JOBS.c.id.in_(job_ids))
-        with self.store.engine.connect() as connection:
-            return {row.id: JobCheck(*row) for row in connection.execute(query)}
+        return JobReads(self.store).job_checks(job_ids)
 
     def _load_mappings(self, workers: list[str]) -> dict[str, str]:
-        table = q.MAPPINGS
-        query = select(table.c.key, table.c.job_id).where(
-            table.c.kind == "worker", table.c.key.in_(workers)
-        )
-        with self.store.engine.connect() as connection:
-            return {row.key: row.job_id for row in connection.execute(query)}
+        return JobReads(self.store).jobs_of_workers(workers)
 
 
 def _flag(value: str | None) -> bool:

@@ -26,11 +26,10 @@ import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable
 from functools import partial
-from typing import Annotated, Any, Final, cast
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import Table, func, select
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
@@ -48,11 +47,10 @@ from morag_jobs.api.watch import (
 )
 from morag_jobs.events import utc_now
 from morag_jobs.store import Job, JobStore
-from morag_jobs.store.models import JobEventRow
+from morag_jobs.store.reads import JobReads
 
 __all__ = ["DEFAULT_MAX_STREAMS", "StreamSlots", "router", "sse"]
 
-EVENTS = cast(Table, JobEventRow.__table__)
 HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DEFAULT_MAX_STREAMS: Final = 512
 """Open streams one server process holds at most: each is a socket (file descriptor)."""
@@ -125,16 +123,10 @@ class _HeldStream(StreamingResponse):
             await self._events.aclose()
 
 
-def _last_event_id(store: JobStore, job_id: str) -> int:
-    with store.engine.connect() as connection:
-        query = select(func.max(EVENTS.c.id)).where(EVENTS.c.job_id == job_id)
-        return int(connection.scalar(query) or 0)
-
-
 async def _job_events(state: Any, first: Job) -> AsyncGenerator[str, None]:
     store: JobStore = state.store
     watch: JobWatch = state.watch
-    cursor = await run_in_threadpool(_last_event_id, store, first.id)
+    cursor = await run_in_threadpool(JobReads(store).last_event_id, first.id)
     yield f"retry: 2000\n{job_text(first)}"
     job = first
     if not job.status.is_terminal:

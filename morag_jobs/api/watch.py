@@ -31,15 +31,13 @@ from datetime import datetime, timedelta
 from typing import Any, Final, Generic, TypeVar
 
 import structlog
-from sqlalchemy import Connection, select
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from morag_jobs.api.schemas import job_json
 from morag_jobs.errors import StoreUnavailable
 from morag_jobs.events import utc_now
 from morag_jobs.store import Job, JobEventRecord, JobStore
-from morag_jobs.store import queries as q
+from morag_jobs.store.reads import JobMove, JobReads, Seen
 
 __all__ = ["OVERLAP", "Batch", "Change", "JobFeed", "JobWatch", "SeenJobs", "feed_text",
            "history_text", "job_text", "sse"]
@@ -74,6 +72,7 @@ class _Poller(Generic[T]):
 
     def __init__(self, store: JobStore, interval: float) -> None:
         self.store = store
+        self.reads = JobReads(store)
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
 
@@ -99,7 +98,7 @@ class _Poller(Generic[T]):
                     break
                 try:
                     result = await run_in_threadpool(self._reader())
-                except (SQLAlchemyError, StoreUnavailable) as error:
+                except StoreUnavailable as error:
                     # The streams keep their heartbeats and see the changes once it is back.
                     log.warning("stream poll failed; retrying", error=str(error)[:200])
                     continue
@@ -203,39 +202,18 @@ class JobWatch(_Poller[dict[str, Change]]):
             watched.change = change
             watched.signal = _wake(watched.signal)
 
-    def _read(self, known: dict[str, tuple[int | None, int]]) -> dict[str, Change]:
+    def _read(self, known: dict[str, Seen]) -> dict[str, Change]:
         """Every watched job whose version moved: its row, history and event texts."""
-        ids = list(known)
-        with self.store.engine.connect() as connection:
-            versions: dict[str, int] = {}
-            for start in range(0, len(ids), PAGE):
-                query = select(q.JOBS.c.id, q.JOBS.c.version).where(
-                    q.JOBS.c.id.in_(ids[start:start + PAGE]))
-                versions.update((row.id, row.version) for row in connection.execute(query))
-            moved = [job_id for job_id in ids if versions.get(job_id) != known[job_id][0]]
-            if not moved:
-                return {}
-            return {job_id: _change(connection, job, known[job_id][1])
-                    for job_id, job in _rows(connection, moved).items()}
+        return {job_id: _change(move, known[job_id][1])
+                for job_id, move in self.reads.moved_jobs(known).items()}
 
 
-def _rows(connection: Connection, ids: list[str]) -> dict[str, Job | None]:
-    found: dict[str, Job | None] = dict.fromkeys(ids)
-    for start in range(0, len(ids), PAGE):
-        query = q.select_jobs(q.JOBS.c.id.in_(ids[start:start + PAGE]))
-        found.update((row.id, Job.from_row(row._mapping)) for row in connection.execute(query))
-    return found
-
-
-def _change(connection: Connection, job: Job | None, cursor: int) -> Change:
+def _change(move: JobMove, cursor: int) -> Change:
+    job = move.job
     if job is None:
         return Change(None, "", cursor)
-    events = q.EVENTS
-    query = select(events).where(events.c.job_id == job.id, events.c.id > cursor) \
-        .order_by(events.c.id)
-    records = [JobEventRecord.from_row(row._mapping) for row in connection.execute(query)]
     return Change(job, job_text(job), cursor,
-                  tuple((record.id, history_text(record)) for record in records))
+                  tuple((record.id, history_text(record)) for record in move.history))
 
 
 def _newer(change: Change | None, version: int) -> bool:

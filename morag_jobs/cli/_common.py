@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, BinaryIO, NoReturn
 
 import typer
-from sqlalchemy.exc import ProgrammingError
 
 from morag_jobs.errors import StoreUnavailable
 from morag_jobs.store import JobStore
@@ -31,8 +30,6 @@ def open_store(database: str | None) -> JobStore:
         store.count_jobs()
     except (StoreUnavailable, ValueError) as error:
         fail(str(error))
-    except ProgrammingError:
-        fail(f"the job table does not exist in {store.url}: run `morag-jobs db upgrade`")
     return store
 
 

@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from sqlalchemy.exc import SQLAlchemyError
 
 from morag_jobs.cli._common import EXIT_USAGE, DatabaseOption, fail
 from morag_jobs.errors import StoreUnavailable
@@ -28,15 +27,21 @@ def _keys(database: str | None) -> Iterator[ApiKeys]:
     except ValueError as error:
         fail(str(error), EXIT_USAGE)
     try:
+        _reach(store)
         yield ApiKeys(store)
-    except StoreUnavailable as error:
-        fail(str(error))
-    except SQLAlchemyError as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        fail(f"cannot use the api_keys table of {store.url}: {reason}; "
+    except StoreUnavailable as error:  # the database answers, so the table is what is wrong
+        fail(f"cannot use the api_keys table of {store.url}: {error.reason}; "
              "is the database migrated? run 'morag-jobs db upgrade'")
     finally:
         store.close()
+
+
+def _reach(store: JobStore) -> None:
+    """Exit with the store's own message when the database cannot be reached at all."""
+    try:
+        store.ensure_ready()
+    except StoreUnavailable as error:
+        fail(str(error))
 
 
 def _scope(worker: str | None, user: str | None, admin: bool) -> tuple[Scope, str | None]:

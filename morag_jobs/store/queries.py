@@ -194,12 +194,19 @@ def check_mapping_kind(kind: str) -> None:
         raise ValueError(f"mapping kind {kind!r} is not one of {', '.join(MAPPING_KINDS)}")
 
 
+def dialect_insert(
+    dialect: str, table: Table, refusal: str
+) -> postgresql.Insert | sqlite.Insert:
+    """The dialect's own INSERT, which has ON CONFLICT; ``refusal`` begins the error otherwise."""
+    make = _UPSERT_INSERTS.get(dialect)
+    if make is None:
+        raise NotImplementedError(f"{refusal} PostgreSQL or SQLite, not {dialect}")
+    return make(table)
+
+
 def upsert_mapping(dialect: str, values: Mapping[str, Any]) -> Insert:
     """INSERT ... ON CONFLICT (kind, key) DO UPDATE: a mapping is replaced, never duplicated."""
-    dialect_insert = _UPSERT_INSERTS.get(dialect)
-    if dialect_insert is None:
-        raise NotImplementedError(f"job mappings need PostgreSQL or SQLite, not {dialect}")
-    statement = dialect_insert(MAPPINGS).values(dict(values))
+    statement = dialect_insert(dialect, MAPPINGS, "job mappings need").values(dict(values))
     return statement.on_conflict_do_update(
         index_elements=[MAPPINGS.c.kind, MAPPINGS.c.key],
         set_={"job_id": statement.excluded.job_id, "created_at": statement.excluded.created_at},

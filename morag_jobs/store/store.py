@@ -20,7 +20,13 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Connection, Engine, delete, func, inspect, select
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from morag_jobs import settings
 from morag_jobs.errors import ConcurrencyConflict, JobExists, JobNotFound, StoreUnavailable
@@ -41,6 +47,9 @@ __all__ = [
     "upgrade_database",
 ]
 
+_OUTAGES = (DBAPIError, PoolTimeout, DisconnectionError)
+"""What the store reports as ``StoreUnavailable``: the driver's errors and the pool's (all
+connections busy, a connection lost). SQLAlchemy's usage errors stay what they are: bugs."""
 log = structlog.get_logger(__name__)
 
 Mutation = Callable[[Job], tuple[JobChanges, Mapping[str, Any] | None] | None]
@@ -124,6 +133,13 @@ class JobStore:
         self._ready = True
         log.info("job database migrated", url=self.url)
 
+    def ensure_ready(self) -> None:
+        """Reach the database (``StoreUnavailable`` if it cannot) and create a new SQLite's tables.
+
+        Every query does this first; call it to learn of an outage before the first one.
+        """
+        self._ensure_ready()
+
     def _ensure_ready(self) -> None:
         if self._ready:
             return
@@ -131,9 +147,10 @@ class JobStore:
             if self._ready:
                 return
             self._check_reachable()
-            if self._wants_migration():
-                migrate(self._engine)
-                log.info("job database migrated", url=self.url)
+            with self._translated():
+                if self._wants_migration():
+                    migrate(self._engine)
+                    log.info("job database migrated", url=self.url)
             self._ready = True
 
     def _wants_migration(self) -> bool:
@@ -153,24 +170,40 @@ class JobStore:
         with self._engine.connect() as connection:
             return inspect(connection).has_table(q.JOBS.name)
 
-    def _reason(self, error: DBAPIError) -> str:
+    def _reason(self, error: SQLAlchemyError) -> str:
         """The driver's first line, with the password scrubbed should a driver echo it."""
-        text = str(error.orig if error.orig is not None else error).strip()
+        orig = getattr(error, "orig", None)
+        text = str(orig if orig is not None else error).strip()
         reason = text.splitlines()[0] if text else type(error).__name__
+        if getattr(orig, "sqlstate", None) == "42P01" or reason.startswith("no such table"):
+            reason = f"{reason}: the job tables are missing; run `morag-jobs db upgrade`"
         password = self._engine.url.password
         return reason.replace(str(password), "***") if password else reason
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
+        """A connection for reads; driver errors leave as ``StoreUnavailable``."""
         self._ensure_ready()
-        with self._engine.connect() as connection:
+        with self._translated(), self._engine.connect() as connection:
             yield connection
 
     @contextmanager
     def _writing(self) -> Iterator[Connection]:
+        """A transaction; driver errors leave as ``StoreUnavailable`` (after rollback)."""
         self._ensure_ready()
-        with self._engine.begin() as connection:
+        with self._translated(), self._engine.begin() as connection:
             yield connection
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """The one place a driver's error becomes the project's: ``StoreUnavailable``
+        with the driver's first line, password masked. Nothing outside ``store/`` needs
+        to know SQLAlchemy's exception tree (as httpx maps httpcore's in one function);
+        a method that expects a constraint violation catches it inside the block."""
+        try:
+            yield
+        except _OUTAGES as error:
+            raise StoreUnavailable(self.url, self._reason(error)) from error
 
     # -- jobs ---------------------------------------------------------------------------
 
@@ -197,11 +230,11 @@ class JobStore:
             "webhook_url": webhook_url, "worker_id": worker_id,
             "created_at": now, "updated_at": now, "version": 0, "ignored_count": 0,
         }  # fmt: skip
-        try:
-            with self._writing() as connection:
+        with self._writing() as connection:
+            try:
                 row = connection.execute(q.insert_job(values)).one()
-        except IntegrityError as error:
-            raise JobExists(job_id) from error
+            except IntegrityError as error:  # before the boundary turns it into an outage
+                raise JobExists(job_id) from error
         log.debug("job created", job_id=job_id, job_type=job_type)
         return Job.from_row(row._mapping)
 
@@ -350,11 +383,11 @@ class JobStore:
         """Route ``kind`` (worker or task) ``key`` to ``job_id``, replacing an earlier route."""
         q.check_mapping_kind(kind)
         values = {"kind": kind, "key": key, "job_id": job_id, "created_at": utc_now()}
-        try:
-            with self._writing() as connection:
+        with self._writing() as connection:
+            try:
                 connection.execute(q.upsert_mapping(self._dialect, values))
-        except IntegrityError as error:
-            raise JobNotFound(job_id) from error
+            except IntegrityError as error:  # the job does not exist (foreign key)
+                raise JobNotFound(job_id) from error
 
     def get_mapping(self, kind: q.MappingKind, key: str) -> str | None:
         q.check_mapping_kind(kind)
