@@ -13,8 +13,9 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import structlog
 
@@ -22,7 +23,7 @@ from morag_jobs import rules
 from morag_jobs.errors import InvalidProgress, JobExists, JobNotFound, StoreUnavailable
 from morag_jobs.events import ProgressEvent, check_percent, not_ahead, utc_now
 from morag_jobs.parser import ProgressEventParser
-from morag_jobs.store import Job, JobStatus, JobStore, Mutation
+from morag_jobs.store import Job, JobChanges, JobStatus, JobStore, Mutation
 from morag_jobs.webhooks import outbox_listener
 from morag_jobs.writer import RETRYABLE, CoalescingWriter, brief
 
@@ -38,7 +39,7 @@ ENDED_MEMORY_MAX = 100_000
 log = structlog.get_logger(__name__)
 
 Listener = Callable[[str, Job], None]
-"""Called with ("updated" | "completed" | "failed" | "cancelled", the job as written)."""
+"""Called with ("created" | "updated" | "completed" | "failed" | "cancelled", the job)."""
 
 _LISTENER_ATTEMPTS = 3
 _ENDINGS = {
@@ -285,12 +286,48 @@ class ProgressHandler:
         event = self._event(percentage, message, source="callback", task_id=task_id)
         return event is not None and self.apply(event, job_id).accepted
 
+    def create_job(self, **fields: Any) -> Job:
+        """Create a job (``JobStore.create_job``'s fields) and tell the listeners ("created").
+
+        Jobs are created here rather than on the store, so that every change of a job,
+        its birth included, reaches every listener (the API cache, the stream, the mirror).
+        """
+        job = self.store.create_job(**fields)
+        for listener in self._listeners:
+            self._call_listener(listener, "created", job)
+        return job
+
     def handle_job_completion(
-        self, job_id: str, success: bool, final_message: str | None = None
+        self, job_id: str, success: bool, final_message: str | None = None, *,
+        result: Mapping[str, Any] | None = None, worker_id: str | None = None,
     ) -> bool:
-        """End the job: FINISHED at 100%, or FAILED keeping its percentage. Written now."""
-        return self._finish(job_id, lambda job: rules.completion(job, success, final_message),
-                            "completion" if success else "failure")
+        """End the job: FINISHED at 100%, or FAILED keeping its percentage. Written now.
+
+        ``result`` is kept in the job's metadata under ``result`` and ``worker_id`` names
+        who ended it, in the same write as the ending (a remote worker's completion).
+        """
+        def mutate(job: Job) -> rules.Outcome | None:
+            outcome = rules.completion(job, success, final_message)
+            if outcome is None or (result is None and worker_id is None):
+                return outcome
+            changes: JobChanges = {**outcome[0]}
+            if result is not None:
+                changes["metadata"] = {**job.metadata, "result": dict(result)}
+            if worker_id is not None:
+                changes["worker_id"] = worker_id
+            return changes, outcome[1]
+
+        return self._finish(job_id, mutate, "completion" if success else "failure")
+
+    def handle_job_lost(self, job_id: str, mutate: Mutation) -> Job | None:
+        """The reaper's verdict on a job whose worker went silent (``rules.worker_lost``,
+        ``rules.redelivery_missed``), written now on the one write path, so listeners
+        (the webhook outbox included) see a reaped job like any other ending. The job as
+        written, or None when it moved on since it was read (and was left alone)."""
+        try:
+            return self._writer.write_now(job_id, mutate, "reaped")
+        except JobNotFound:
+            return None
 
     def handle_job_error(self, job_id: str, error_message: str) -> bool:
         """The job failed with ``error_message``; its percentage is kept."""

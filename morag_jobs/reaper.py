@@ -22,9 +22,10 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from morag_jobs import rules, settings, webhooks
+from morag_jobs import rules, settings
 from morag_jobs.events import utc_now
-from morag_jobs.store import Job, JobStatus, JobStore
+from morag_jobs.handler import ProgressHandler
+from morag_jobs.store import Job, JobStore
 from morag_jobs.store.reaping import awaiting_redelivery, reaper_lock
 
 __all__ = ["DEFAULT_TIMEOUT", "Pass", "Reaper", "interval_for", "reap", "reap_pass"]
@@ -50,27 +51,34 @@ def interval_for(timeout: float) -> float:
 
 
 def reap_pass(
-    store: JobStore, timeout: float, *, redelivery_timeout: float | None = None,
-    now: datetime | None = None,
+    handler: ProgressHandler | JobStore, timeout: float, *,
+    redelivery_timeout: float | None = None, now: datetime | None = None,
 ) -> Pass:
     """One pass, if no other process is running one (``redelivery_timeout`` defaults to
-    ``MORAG_REDELIVERY_TIMEOUT``)."""
+    ``MORAG_REDELIVERY_TIMEOUT``).
+
+    Verdicts are written through ``handler`` (``handle_job_lost``), so its listeners see
+    a reaped job as they see any other change: the webhook outbox queues a reaped job's
+    ``job.failed`` through its ordinary listener. Given a bare store, a handler is made
+    for the pass (with the outbox listener, as every handler has by default).
+    """
     waiting = _checked(timeout, redelivery_timeout)
     now = now or utc_now()
-    with reaper_lock(store.engine) as held:
+    handler = handler if isinstance(handler, ProgressHandler) else ProgressHandler(handler)
+    with reaper_lock(handler.store.engine) as held:
         if not held:
             log.debug("reaper pass skipped: another process holds the lock")
             return Pass(False)
-        silent = _reap_silent(store, timeout, waiting, now)
-        return Pass(True, silent + _reap_undelivered(store, now))
+        silent = _reap_silent(handler, timeout, waiting, now)
+        return Pass(True, silent + _reap_undelivered(handler, now))
 
 
 def reap(
-    store: JobStore, timeout: float, *, redelivery_timeout: float | None = None,
-    now: datetime | None = None,
+    handler: ProgressHandler | JobStore, timeout: float, *,
+    redelivery_timeout: float | None = None, now: datetime | None = None,
 ) -> list[Job]:
     """One pass (see ``reap_pass``); the jobs it reaped, none when it was skipped."""
-    return reap_pass(store, timeout, redelivery_timeout=redelivery_timeout, now=now).reaped
+    return reap_pass(handler, timeout, redelivery_timeout=redelivery_timeout, now=now).reaped
 
 
 def _checked(timeout: float, redelivery_timeout: float | None) -> float:
@@ -82,7 +90,9 @@ def _checked(timeout: float, redelivery_timeout: float | None) -> float:
     return waiting
 
 
-def _reap_silent(store: JobStore, timeout: float, waiting: float, now: datetime) -> list[Job]:
+def _reap_silent(
+    handler: ProgressHandler, timeout: float, waiting: float, now: datetime
+) -> list[Job]:
     cutoff = now - timedelta(seconds=timeout)
 
     def mutate(job: Job) -> rules.Outcome | None:
@@ -91,28 +101,27 @@ def _reap_silent(store: JobStore, timeout: float, waiting: float, now: datetime)
             return None  # a heartbeat arrived since the query: still running
         return rules.worker_lost(job, timeout, redelivery_timeout=waiting, now=now)
 
-    return _apply(store, store.stale_jobs(cutoff), mutate)
+    return _apply(handler, handler.store.stale_jobs(cutoff), mutate)
 
 
-def _reap_undelivered(store: JobStore, now: datetime) -> list[Job]:
-    return _apply(store, awaiting_redelivery(store.engine),
+def _reap_undelivered(handler: ProgressHandler, now: datetime) -> list[Job]:
+    return _apply(handler, awaiting_redelivery(handler.store.engine),
                   lambda job: rules.redelivery_missed(job, now))
 
 
 def _apply(
-    store: JobStore, candidates: Iterable[Job], mutate: Callable[[Job], rules.Outcome | None]
+    handler: ProgressHandler, candidates: Iterable[Job],
+    mutate: Callable[[Job], rules.Outcome | None],
 ) -> list[Job]:
     """``mutate`` each candidate by compare-and-set: a job that moved on since it was read
     (a heartbeat, a redelivery) is judged again on its fresh row, and left alone."""
     reaped = []
     for candidate in candidates:
-        job = store.update_job(candidate.id, mutate)
+        job = handler.handle_job_lost(candidate.id, mutate)
         if job is None:
             continue
         log.warning("job reaped: worker lost", job_id=job.id, status=job.status.value,
                     summary=job.summary)
-        if job.status is JobStatus.FAILED:
-            webhooks.enqueue(store, "failed", job)
         reaped.append(job)
     return reaped
 
@@ -125,10 +134,12 @@ class Reaper:
     """
 
     def __init__(
-        self, store: JobStore, timeout: float = DEFAULT_TIMEOUT, *,
+        self, handler: ProgressHandler | JobStore, timeout: float = DEFAULT_TIMEOUT, *,
         redelivery_timeout: float | None = None, name: str = "morag-jobs-reaper",
     ) -> None:
-        self.store = store
+        self.handler = handler if isinstance(handler, ProgressHandler) else \
+            ProgressHandler(handler)
+        self.store = self.handler.store
         self.timeout = timeout
         # Checked now: a bad timeout (or MORAG_REDELIVERY_TIMEOUT) stops the start, not
         # every later pass.
@@ -142,7 +153,7 @@ class Reaper:
         """One pass now, on the caller's thread."""
         self.passes += 1
         try:
-            result = reap_pass(self.store, self.timeout,
+            result = reap_pass(self.handler, self.timeout,
                                redelivery_timeout=self.redelivery_timeout, now=now)
         except Exception:
             self.errors += 1

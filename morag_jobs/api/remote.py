@@ -341,16 +341,14 @@ def _complete(state: Any, principal: Principal, job_id: str, body: Completion) -
         if _same_end(job, body.success):
             return JSONResponse(job_json(job))
         raise _ended(job)
-    # The completing worker is recorded on the job: its mapping is forgotten when the job
-    # ends, and a retry of this completion must still find the job its own.
+    # The completing worker is recorded on the job, in the ending's own write: its mapping
+    # is forgotten when the job ends, and a retry of this completion must still find it.
     worker = principal.subject if principal.scope == "worker" else None
-    if body.result is not None or (worker is not None and job.worker_id != worker):
-        store.update_job(job_id, lambda snap: _before_end(snap, worker, body.result))
     handler: ProgressHandler = state.handler
-    if body.success:
-        written = handler.handle_job_completion(job_id, True, body.message or None)
-    else:
-        written = handler.handle_job_error(job_id, body.message or "failed on the remote worker")
+    message = body.message or (None if body.success else "failed on the remote worker")
+    written = handler.handle_job_completion(
+        job_id, body.success, message, result=body.result,
+        worker_id=worker if worker is not None and job.worker_id != worker else None)
     ended = store.require_job(job_id)
     if not written and not ended.status.is_terminal:
         raise HTTPException(503, "the job database did not take the completion in time; it "
@@ -393,16 +391,3 @@ def _ended(job: Job | JobCheck) -> HTTPException:
 
 def _same_end(job: Job, success: bool) -> bool:
     return job.status.value == ("FINISHED" if success else "FAILED")
-
-
-def _before_end(
-    job: Job, worker: str | None, result: dict[str, Any] | None
-) -> tuple[dict[str, Any], None] | None:
-    if job.status.is_terminal:
-        return None
-    changes: dict[str, Any] = {}
-    if worker is not None:
-        changes["worker_id"] = worker
-    if result is not None:
-        changes["metadata"] = {**job.metadata, "result": result}
-    return changes, None

@@ -107,7 +107,7 @@ def submit(
         check_url(webhook_url)
     handler = default_runtime().handler
     task_id = apply_async_options.pop("task_id", None) or celery_uuid()
-    job = handler.store.create_job(
+    job = handler.create_job(
         name=name or task.name, job_type=job_type or task.name, user_id=user_id,
         stages=stages, webhook_url=webhook_url,
         metadata={**(metadata or {}), "task_name": task.name, "task_id": task_id},
@@ -148,7 +148,7 @@ class MoragJobsStep(bootsteps.StartStopStep):
     def start(self, parent: Any) -> None:
         runtime = default_runtime()
         if runtime.config.reap_timeout:
-            self._reaper = Reaper(runtime.handler.store, runtime.config.reap_timeout,
+            self._reaper = Reaper(runtime.handler, runtime.config.reap_timeout,
                                   redelivery_timeout=runtime.config.redelivery_timeout)
             self._reaper.start()
 
