@@ -20,11 +20,13 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def check_percent(value: float) -> float:
-    """Return ``value`` as a float, or raise ``InvalidProgress`` for NaN, infinity or < 0.
+def check_percent(value: float, *, over_100: bool = True) -> float:
+    """Return ``value`` as a float, or raise ``InvalidProgress`` for NaN, infinity or < 0
+    (and, with ``over_100=False``, above 100): the one rule of what a percentage may be.
 
-    Values above 100 pass: the handler clamps them and warns, so that a source that
-    overshoots still moves its job to the end.
+    Values above 100 pass by default: the handler clamps them and warns, so that a source
+    that overshoots still moves its job to the end. A source that must be exact refuses
+    them (the HTTP API answers 422).
     """
     try:
         number = float(value)
@@ -34,6 +36,8 @@ def check_percent(value: float) -> float:
         raise InvalidProgress(value, "a percentage must be finite (not NaN or infinity)")
     if number < 0:
         raise InvalidProgress(value, "a percentage cannot be negative")
+    if number > 100 and not over_100:
+        raise InvalidProgress(value, "a percentage cannot be above 100")
     return number
 
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from morag_jobs.events import ProgressEvent, utc_now
 from morag_jobs.store import Job, JobChanges, JobStatus
 from morag_jobs.store.reaping import REDELIVERY_DEADLINE
 
 __all__ = [
+    "Applied",
     "Outcome",
+    "Staleness",
     "Verdict",
     "cancellation",
     "completion",
@@ -29,6 +31,7 @@ __all__ = [
     "progress",
     "redelivery_missed",
     "retry",
+    "staleness",
     "start",
     "worker_lost",
 ]
@@ -47,24 +50,61 @@ class Verdict:
     stage_percent: float | None = None
 
 
+Applied = tuple[int | None, datetime | None, str | None]
+"""An event already applied (or queued): its sequence, timestamp and clock."""
+
+Staleness = Literal["stale", "repeat", "same_time"] | None
+
+
+def staleness(event: ProgressEvent, *applied: Applied) -> Staleness:
+    """Where ``event`` stands against the newest of the ``applied`` ones: the one rule
+    of staleness, for the handler (the job's last event) and for the API's retry check
+    (the job's and the report this process queued but has not written yet).
+
+    By sequence when the event and any of them carry one: ``stale`` below the highest,
+    ``repeat`` equal to it (a retry). Otherwise by timestamp, compared only with times
+    from the event's own clock (see ``ProgressEvent.clock``: a source whose clock is off
+    cannot make another's events stale): ``stale`` when older, ``same_time`` when equal
+    (a retry only if its content is the same). None: newer, or nothing to compare with.
+    """
+    sequence = event.sequence
+    if sequence is not None:
+        last: int | None = None
+        for applied_sequence, _, _ in applied:
+            if applied_sequence is not None and (last is None or applied_sequence > last):
+                last = applied_sequence
+        if last is not None:
+            if sequence < last:
+                return "stale"
+            return "repeat" if sequence == last else None
+    clock = event.clock
+    last_at: datetime | None = None
+    for _, at, on in applied:
+        if at is not None and on == clock and (last_at is None or at > last_at):
+            last_at = at
+    if last_at is None or event.timestamp > last_at:
+        return None
+    return "stale" if event.timestamp < last_at else "same_time"
+
+
+_NOT_APPLIED = frozenset({"stale", "repeat"})
+
+
 def judge(job: Job, event: ProgressEvent) -> Verdict:
     """Map the event onto the job's overall scale and decide whether it may apply.
 
     Reasons for refusal: ``terminal`` (the job has ended), ``stale`` (older than the
-    last applied event, by sequence, else by timestamp when both come from one clock)
-    and ``stage_behind`` (a stage the job has already left; stages only move forward).
+    last applied event, or its sequence again: see ``staleness``) and ``stage_behind``
+    (a stage the job has already left; stages only move forward).
     """
     if job.status.is_terminal:
         return Verdict(False, "terminal")
-    if event.sequence is not None and job.last_sequence is not None:
-        if event.sequence <= job.last_sequence:
-            return Verdict(False, "stale")
-    elif (job.last_event_at is not None and job.last_event_clock == event.clock
-          and event.timestamp < min(job.last_event_at, utc_now())):
-        # Times are only compared within one clock (see ProgressEvent.clock): a source
-        # whose clock is off cannot make another's events stale. A last time still in the
-        # future (written before clocks were clamped) is read as now, so it cannot freeze
-        # the job.
+    # A last time still in the future (written before clocks were clamped) is read as
+    # now, so it cannot freeze the job; the same sequence again is a retry, not applied.
+    last_at = job.last_event_at
+    if last_at is not None:
+        last_at = min(last_at, utc_now())
+    if staleness(event, (job.last_sequence, last_at, job.last_event_clock)) in _NOT_APPLIED:
         return Verdict(False, "stale")
     plan = job.stages
     if plan is None:
@@ -115,7 +155,8 @@ def progress(job: Job, event: ProgressEvent, verdict: Verdict | None = None) -> 
     if job.status is JobStatus.PENDING and percentage > 0:
         changes["status"] = JobStatus.PROCESSING
         changes["started_at"] = job.started_at or now
-    history = {"source": event.source, "kind": "progress", "at": now}
+    history = {"source": event.source, "kind": "progress", "at": now,
+               "reported_at": min(event.timestamp, now), "format": event.format}
     if event.message:
         history["message"] = event.message
     return changes, history

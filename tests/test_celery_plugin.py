@@ -291,9 +291,15 @@ def test_a_task_that_only_logs_a_progress_line_moves_its_job(
 ) -> None:
     job = submit(tasks.log_line, ("Processing... 75%", via))
     wait_for_job(store, job.id, finished, "the job to end")
-    progress = [e.percentage for e in history(store, job.id, "progress")]
+    rows = history(store, job.id, "progress")
+    progress = [e.percentage for e in rows]
     assert progress == [75.0], (
         f"expected the logged 'Processing... 75%' ({via} logger) to move the job: {progress}")
+    row = rows[0]
+    assert (row.source, row.format) == ("log", "morag.ellipsis"), (
+        "the history says the line came from the log, and which format read it")
+    assert row.reported_at is not None and row.reported_at <= row.at, (
+        "the line's own time, not the time it was written")
 
 
 def test_a_logged_line_that_is_not_progress_leaves_the_job_alone(

@@ -37,6 +37,7 @@ from morag_jobs.api.schemas import (
 )
 from morag_jobs.events import ProgressEvent, not_ahead, utc_now
 from morag_jobs.handler import ProgressHandler
+from morag_jobs.rules import staleness
 from morag_jobs.store import Job, JobStore
 from morag_jobs.store.reads import JobCheck, JobReads
 
@@ -128,25 +129,16 @@ class JobCache:
     def repeat_of(self, job: JobCheck, event: ProgressEvent) -> str | None:
         """``duplicate`` or ``stale`` when the report changes nothing, else None.
 
-        By sequence when the report and the job (or a report this process queued)
-        carry one, else by timestamp, compared only with times from the same clock (the
-        same remote worker): older is stale, the same timestamp with the same content is a
-        retry of the last report.
+        Judged by ``rules.staleness`` against the job and the report this process queued
+        for it: older is stale, the same sequence is a retry, and so is the same timestamp
+        (of the same clock) with the same content.
         """
         sent = self._sent.get(job.id)
-        seqs = [s for s in (job.last_sequence, sent and sent.sequence) if s is not None]
-        if event.sequence is not None and seqs:
-            last = max(seqs)
-            if event.sequence < last:
-                return "stale"
-            return "duplicate" if event.sequence == last else None
-        times = [t for t, clock in ((job.last_event_at, job.last_event_clock),
-                                    (sent and sent.timestamp, sent and sent.clock))
-                 if t is not None and clock == event.clock]
-        if not times or event.timestamp > max(times):
-            return None
-        if event.timestamp < max(times):
-            return "stale"
+        queued = () if sent is None else ((sent.sequence, sent.timestamp, sent.clock),)
+        where = staleness(event, (job.last_sequence, job.last_event_at, job.last_event_clock),
+                          *queued)
+        if where != "same_time":
+            return "duplicate" if where == "repeat" else where
         same_as_sent = sent is not None and sent.content == _content(event)
         same_as_row = job.last_event_at == event.timestamp and job.summary == event.message
         return "duplicate" if same_as_sent or same_as_row else None

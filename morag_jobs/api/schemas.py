@@ -22,11 +22,13 @@ from pydantic import (
     StrictInt,
 )
 
+from morag_jobs.events import check_percent
 from morag_jobs.store import Job, JobEventRecord, JobStatus
 
 __all__ = [
     "BIGINT_MAX",
     "ERRORS",
+    "HIDDEN_JOB_FIELDS",
     "MAX_ID_LENGTH",
     "Completion",
     "ErrorBody",
@@ -79,6 +81,15 @@ def _whole_number(value: Any) -> Any:
     return value
 
 
+def _percent(value: float) -> float:
+    """The rule of percentages (``check_percent``), strictly: above 100 is refused too.
+
+    NaN and infinity never get here (the models refuse them as numbers); the schema's
+    ``minimum``/``maximum`` document the bounds, a test keeps them equal to the rule's.
+    """
+    return check_percent(value, over_100=False)
+
+
 Timestamp = Annotated[datetime, BeforeValidator(_iso_text)]
 Whole = Annotated[StrictInt, BeforeValidator(_whole_number)]
 
@@ -92,9 +103,10 @@ class ProgressUpdate(_Strict):
 
     percentage: Annotated[
         float,
-        Field(strict=True, ge=0, le=100, allow_inf_nan=False,
+        Field(strict=True, json_schema_extra={"minimum": 0, "maximum": 100},
               description="Progress 0-100 (of the stage when `stage` is given, else overall). "
                           "NaN, infinity, negatives and values above 100 are refused."),
+        AfterValidator(_percent),
     ]
     message: Annotated[Text, Field(max_length=4096, description="What the worker is doing.")]
     timestamp: Annotated[
@@ -158,7 +170,7 @@ class UpdateAccepted(BaseModel):
 
 
 class JobOut(BaseModel):
-    """One job as stored."""
+    """One job as stored: every field of ``Job`` but ``HIDDEN_JOB_FIELDS``."""
 
     id: str
     name: str | None = None
@@ -192,10 +204,15 @@ class JobOut(BaseModel):
         return cls.model_validate(job_json(job))
 
 
+HIDDEN_JOB_FIELDS = frozenset({"webhook_url"})
+"""Fields of ``Job`` the API never shows; ``JobOut`` has every other one (a test checks)."""
+
+
 def job_json(job: Job) -> dict[str, Any]:
-    """A job as the API shows it (JSON-ready): the row without its webhook URL."""
+    """A job as the API shows it (JSON-ready): the row without its hidden fields."""
     data = job.to_dict()
-    data.pop("webhook_url", None)
+    for name in HIDDEN_JOB_FIELDS:
+        data.pop(name, None)
     return data
 
 
@@ -207,7 +224,7 @@ class JobPage(BaseModel):
 
 
 class EventOut(BaseModel):
-    """One applied update in a job's history."""
+    """One applied update in a job's history: every field of ``JobEventRecord``."""
 
     id: int
     job_id: str
@@ -221,6 +238,8 @@ class EventOut(BaseModel):
     status: JobStatus | None = None
     source: str
     kind: str
+    reported_at: datetime | None = None
+    format: str | None = None
 
     @classmethod
     def of(cls, event: JobEventRecord) -> EventOut:

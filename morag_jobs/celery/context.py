@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextvars import ContextVar
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -44,14 +45,17 @@ _EMPTY: State = (None, None, None, "", None)
 class JobContext:
     """The job a running task reports to, and the latest state it reported."""
 
-    __slots__ = ("dirty", "has_plan", "job_id", "known", "log_stream", "runtime", "stages",
-                 "state", "task_id", "token")
+    __slots__ = ("dirty", "event", "has_plan", "job_id", "known", "log_stream", "runtime",
+                 "stages", "state", "task_id", "token")
 
     def __init__(self, job_id: str, task_id: str | None, runtime: Runtime) -> None:
         self.job_id = job_id
         self.task_id = task_id
         self.runtime = runtime
         self.state: State = _EMPTY
+        # The parsed event behind ``state`` when a log line or a subprocess reported last:
+        # handed over as it is, so its source, timestamp and format reach the history.
+        self.event: ProgressEvent | None = None
         self.dirty = False
         self.known = False
         self.stages: list[Stage] = []
@@ -66,8 +70,10 @@ class JobContext:
         if not self.dirty:
             return None
         self.dirty = False
-        percent, current, total, message, stage_name = self.state
         self.known = True
+        if self.event is not None:
+            return self.event
+        percent, current, total, message, stage_name = self.state
         return ProgressEvent(percent=percent, current=current, total=total, message=message,
                              stage=stage_name, task_id=self.task_id, source="callback")
 
@@ -84,6 +90,8 @@ class JobContext:
             return
         self.state = (event.percent, event.current, event.total,
                       event.message or old[3], event.stage or old[4])
+        self.event = replace(event, message=self.state[3], stage=self.state[4],
+                             task_id=self.task_id, job_id=None)
         self.dirty = True
 
 
@@ -117,6 +125,7 @@ def report_progress(
         percent, current, total = old[0], old[1], old[2]
     context.state = (percent, current, total, old[3] if message is None else message,
                      old[4] if stage is None else stage)
+    context.event = None
     context.dirty = True
 
 

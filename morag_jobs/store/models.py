@@ -172,6 +172,8 @@ class JobEventRow(Base):
     status: Mapped[JobStatus | None] = mapped_column(StatusType())
     source: Mapped[str] = mapped_column(String(32), server_default="api")
     kind: Mapped[str] = mapped_column(String(32), server_default="progress")
+    reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    format: Mapped[str | None] = mapped_column(String(128))
 
 
 class JobMappingRow(Base):

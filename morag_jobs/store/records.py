@@ -116,6 +116,10 @@ class JobEventRecord:
     status: JobStatus | None = None
     source: str = "api"
     kind: str = "progress"
+    reported_at: datetime | None = None
+    """When the source says it measured this (a log line's own time), if it said."""
+    format: str | None = None
+    """The log format that recognised it (``tqdm.bar``, ``generic``...), for parsed lines."""
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> JobEventRecord:
@@ -124,6 +128,7 @@ class JobEventRecord:
     def to_dict(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in EVENT_FIELDS}
         data["at"] = _iso(self.at)
+        data["reported_at"] = _iso(self.reported_at)
         data["status"] = self.status.value if self.status is not None else None
         return data
 
