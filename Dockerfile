@@ -5,7 +5,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY morag_jobs ./morag_jobs
 COPY parsers ./parsers
-RUN pip install --no-cache-dir ".[postgres]"
+RUN pip install --no-cache-dir ".[all]"
 RUN useradd --create-home morag
 USER morag
 EXPOSE 8000

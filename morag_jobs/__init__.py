@@ -2,9 +2,15 @@
 
 Progress from task callbacks, log lines and remote workers becomes ``ProgressEvent``
 objects; one ``ProgressHandler`` turns them into the state of a durable job table.
+
+Names load on first use (PEP 562), so ``from morag_jobs import ProgressEventParser``
+does not load the database or the web stack.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from morag_jobs.errors import (
     ConcurrencyConflict,
@@ -18,17 +24,36 @@ from morag_jobs.errors import (
     WebhookURLRefused,
 )
 from morag_jobs.events import ProgressEvent
-from morag_jobs.follow import FollowerStats, LogFollower
-from morag_jobs.handler import ApplyResult, HandlerStats, ProgressHandler
-from morag_jobs.parser import ParserStats, ProgressEventParser
-from morag_jobs.stages import StagePlan, get_stage_plan, register_stage_plan
-from morag_jobs.store import Job, JobEventRecord, JobStatus, JobStore
-from morag_jobs.streams import ProgressStream, StreamStats
 
-try:
-    __version__ = version("morag-jobs")
-except PackageNotFoundError:  # running from a checkout that was never installed
-    __version__ = "0.0.0"
+if TYPE_CHECKING:
+    from morag_jobs.follow import FollowerStats, LogFollower
+    from morag_jobs.handler import ApplyResult, HandlerStats, ProgressHandler
+    from morag_jobs.parser import ParserStats, ProgressEventParser
+    from morag_jobs.stages import StagePlan, get_stage_plan, register_stage_plan
+    from morag_jobs.store import Job, JobEventRecord, JobStatus, JobStore
+    from morag_jobs.streams import ProgressStream, StreamStats
+
+    __version__: str
+
+_LAZY = {
+    "ApplyResult": "handler",
+    "FollowerStats": "follow",
+    "HandlerStats": "handler",
+    "Job": "store",
+    "JobEventRecord": "store",
+    "JobStatus": "store",
+    "JobStore": "store",
+    "LogFollower": "follow",
+    "ParserStats": "parser",
+    "ProgressEventParser": "parser",
+    "ProgressHandler": "handler",
+    "ProgressStream": "streams",
+    "StagePlan": "stages",
+    "StreamStats": "streams",
+    "get_stage_plan": "stages",
+    "register_stage_plan": "stages",
+}
+"""Each public name that loads on first use, and the submodule that owns it."""
 
 __all__ = [
     "ApplyResult",
@@ -59,3 +84,27 @@ __all__ = [
     "get_stage_plan",
     "register_stage_plan",
 ]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415 (slow import)
+
+    try:
+        return version("morag-jobs")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "0.0.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        value: Any = _version()
+    elif name in _LAZY:
+        value = getattr(import_module(f"morag_jobs.{_LAZY[name]}"), name)
+    else:
+        raise AttributeError(f"module 'morag_jobs' has no attribute {name!r}")
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

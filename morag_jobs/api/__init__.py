@@ -4,6 +4,10 @@
 uvicorn. API keys are managed with ``morag-jobs keys`` (:mod:`morag_jobs.api.auth`).
 """
 
+from morag_jobs._extras import require
+
+require("morag_jobs.api", "fastapi", "prometheus_client")
+
 from morag_jobs.api.app import ApiState, create_app, create_app_from_settings
 from morag_jobs.api.auth import ApiKey, ApiKeys, Principal
 

@@ -16,6 +16,10 @@
     job = submit(transcribe, ("talk.mp3",), job_type="audio", user_id="u1")
 """
 
+from morag_jobs._extras import require
+
+require("morag_jobs.celery", "celery", "kombu")
+
 from morag_jobs.celery.commands import CommandFailed, run_with_progress
 from morag_jobs.celery.context import (
     JobContext,

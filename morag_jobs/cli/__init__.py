@@ -6,14 +6,32 @@ job, unreachable database, a job that failed), 2 bad arguments or unreadable inp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
 from morag_jobs import __version__
-from morag_jobs.cli import db, demo, jobs, keys, parse, reap, serve, tail
+from morag_jobs._extras import missing, require
+from morag_jobs.cli import db, jobs, keys, parse, reap, serve, tail
 from morag_jobs.cli import webhooks as webhooks_cli
 from morag_jobs.logs import configure_logging
+
+
+def _demo() -> Callable[..., None]:
+    """The demo command; it runs a worker, the API and a tqdm bar, so it needs every extra."""
+    needs = ("celery", "redis", "uvicorn", "fastapi", "tqdm")
+    if not missing(*needs):
+        from morag_jobs.cli import demo  # noqa: PLC0415 (its imports need the extras)
+
+        return demo.demo
+
+    def demo_needs_all() -> None:
+        """Run the demo (needs the [all] extra)."""
+        require("morag-jobs demo", *needs, extra="all")
+
+    return demo_needs_all
+
 
 app = typer.Typer(
     name="morag-jobs",
@@ -26,7 +44,7 @@ app.command("status")(jobs.status)
 app.command("list")(jobs.list_jobs)
 app.command("history")(jobs.history)
 app.command("cancel")(jobs.cancel)
-app.command("demo")(demo.demo)
+app.command("demo")(_demo())
 app.command("parse")(parse.parse)
 app.add_typer(db.app, name="db")
 app.command("serve")(serve.serve)
