@@ -7,7 +7,7 @@ task; inside it, the same run times:
 - celery-progress's ``ProgressRecorder(self).set_progress(i, n)``, one ``update_state``
   to the Redis result backend per call;
 - the log tap: ``logger.info`` of ordinary and of progress lines, with and without
-  ``ProgressLogHandler`` on the logger (which also formats every record to a stream that
+  ``LogTap`` on the logger (which also formats every record to a stream that
   discards it).
 
 Every figure is the median of several runs, in µs per call (or per log record)::
@@ -39,7 +39,7 @@ from celery.contrib.testing.worker import start_worker
 from celery.result import AsyncResult
 from celery_progress.backend import ProgressRecorder
 
-from morag_jobs.celery import ProgressLogHandler, install, report_progress, submit
+from morag_jobs.celery import LogTap, install, report_progress, submit
 
 BROKER_URL = os.environ.get("MORAG_BENCH_BROKER_URL", "redis://127.0.0.1:6379/14")
 
@@ -97,7 +97,7 @@ def _log_figures(runs: int, records: int) -> dict[str, float]:
 
     figures = {"log_ordinary_without_tap": _per_call(runs, records, ordinary),
                "log_progress_without_tap": _per_call(runs, records, progress)}
-    logger.addHandler(ProgressLogHandler())
+    logger.addHandler(LogTap())
     figures["log_ordinary_with_tap"] = _per_call(runs, records, ordinary)
     figures["log_progress_with_tap"] = _per_call(runs, records, progress)
     logger.handlers = []

@@ -22,7 +22,7 @@ import pytest
 from morag_jobs import InvalidProgress, NoJobContext
 from morag_jobs.celery import (
     CommandFailed,
-    ProgressLogHandler,
+    LogTap,
     Runtime,
     RuntimeConfig,
     get_current_job_id,
@@ -91,7 +91,7 @@ def audio_job(store: JobStore) -> Job:
 def tapped_logger() -> Iterator[logging.Logger]:
     """A logger with only the log tap on it, at INFO."""
     logger = logging.getLogger("tests.context.tapped")
-    tap = ProgressLogHandler()
+    tap = LogTap()
     logger.addHandler(tap)
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -358,7 +358,7 @@ def test_the_log_tap_never_parses_morag_jobs_own_log_lines(
     runtime: Runtime, store: JobStore, job: Job
 ) -> None:
     own = logging.getLogger("morag_jobs.celery.test")
-    tap = ProgressLogHandler()
+    tap = LogTap()
     own.addHandler(tap)
     try:
         with job_context(job.id, runtime=runtime):

@@ -61,7 +61,7 @@ def _in(*prefixes: str) -> list[str]:
 
 
 def test_the_graph_was_read() -> None:
-    assert "morag_jobs.store.store" in GRAPH and "sqlalchemy" in GRAPH["morag_jobs.store.store"]
+    assert "morag_jobs.store.jobs" in GRAPH and "sqlalchemy" in GRAPH["morag_jobs.store.jobs"]
     assert len(GRAPH) > 40
 
 

@@ -29,7 +29,7 @@ from morag_jobs.celery.context import (
     report_progress,
     stage,
 )
-from morag_jobs.celery.logtap import ProgressLogHandler, progress_processor
+from morag_jobs.celery.logtap import LogTap, ProgressLogHandler, progress_processor
 from morag_jobs.celery.plugin import JOB_HEADER, install, submit
 from morag_jobs.celery.runtime import Runtime, RuntimeConfig, default_runtime, job_context
 
@@ -37,6 +37,7 @@ __all__ = [
     "JOB_HEADER",
     "CommandFailed",
     "JobContext",
+    "LogTap",
     "ProgressLogHandler",
     "Runtime",
     "RuntimeConfig",

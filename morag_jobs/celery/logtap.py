@@ -1,6 +1,6 @@
 """The log tap: a task that only logs ``Processing... 75%`` moves its job.
 
-``ProgressLogHandler`` is a ``logging.Handler`` the plugin adds in worker processes;
+``LogTap`` is a ``logging.Handler`` the plugin adds in worker processes;
 ``progress_processor`` does the same for structlog users. Both act only while a task
 with a job is running (a context-variable lookup otherwise), feed the record's message
 through the task's own ``ProgressStream`` (so a "totalling 20 fits" line serves the fit
@@ -19,13 +19,13 @@ from morag_jobs.celery.context import _CURRENT
 from morag_jobs.parser import ProgressEventParser
 from morag_jobs.streams import ProgressStream
 
-__all__ = ["ProgressLogHandler", "progress_processor"]
+__all__ = ["LogTap", "ProgressLogHandler", "progress_processor"]
 
 _guard = threading.local()
 _OWN_LOGGERS = ("morag_jobs",)
 
 
-class ProgressLogHandler(logging.Handler):
+class LogTap(logging.Handler):
     """Feeds log records of running jobs through the parser into their job."""
 
     def __init__(self, parser: ProgressEventParser | None = None, level: int = 0) -> None:
@@ -77,3 +77,8 @@ def progress_processor(
     finally:
         _guard.active = False
     return event_dict
+
+
+ProgressLogHandler = LogTap
+"""The log tap's first name, kept for code written against it: it read too much like
+``ProgressHandler``, which it is not (it feeds the parser; the handler writes jobs)."""

@@ -32,7 +32,7 @@ from celery.utils import uuid as celery_uuid
 
 from morag_jobs.celery.context import _CURRENT as CURRENT
 from morag_jobs.celery.context import JobContext, bind, unbind
-from morag_jobs.celery.logtap import ProgressLogHandler
+from morag_jobs.celery.logtap import LogTap
 from morag_jobs.celery.runtime import Runtime, RuntimeConfig, default_runtime, set_default_runtime
 from morag_jobs.reaper import Reaper
 from morag_jobs.stages import Band, StagePlan, register_stage_plan
@@ -297,11 +297,11 @@ def _hear_info(logger: logging.Logger) -> None:
     logger.setLevel(logging.INFO)
 
 
-_tap: ProgressLogHandler | None = None
+_tap: LogTap | None = None
 
 
-def _shared_tap() -> ProgressLogHandler:
+def _shared_tap() -> LogTap:
     global _tap  # noqa: PLW0603 - one tap per process, shared by every logger it is on
     if _tap is None:
-        _tap = ProgressLogHandler()
+        _tap = LogTap()
     return _tap

@@ -9,11 +9,11 @@ webhook outbox and the API's own reads. Driver errors leave this package as the 
 
 from __future__ import annotations
 
+from morag_jobs.store.jobs import JobStore, Mutation, upgrade_database
 from morag_jobs.store.keys import KeyStore
 from morag_jobs.store.outbox import OutboxStore
 from morag_jobs.store.reads import JobReads
 from morag_jobs.store.records import Job, JobChanges, JobEventRecord, JobStatus
-from morag_jobs.store.store import JobStore, Mutation, upgrade_database
 
 __all__ = [
     "Job",

@@ -14,8 +14,8 @@ from typing import Any, Literal, NamedTuple, cast
 from sqlalchemy import Table, select, update
 
 from morag_jobs.events import utc_now
+from morag_jobs.store.jobs import JobStore
 from morag_jobs.store.models import ApiKeyRow
-from morag_jobs.store.store import JobStore
 
 __all__ = ["API_KEYS", "ActiveKey", "ApiKey", "KeyStore", "Scope"]
 

@@ -26,10 +26,10 @@ from sqlalchemy import (
 )
 
 from morag_jobs.events import utc_now
+from morag_jobs.store.jobs import JobStore
 from morag_jobs.store.models import WebhookDeliveryRow, WebhookEndpointRow
 from morag_jobs.store.queries import dialect_insert
 from morag_jobs.store.records import Job
-from morag_jobs.store.store import JobStore
 
 __all__ = [
     "DELIVERIES",

@@ -17,8 +17,8 @@ from typing import Final
 from sqlalchemy import Connection, func, select
 
 from morag_jobs.store import queries as q
+from morag_jobs.store.jobs import JobStore
 from morag_jobs.store.records import Job, JobEventRecord, JobStatus
-from morag_jobs.store.store import JobStore
 
 __all__ = ["JobCheck", "JobMove", "JobReads", "Seen"]
 
