@@ -34,7 +34,7 @@ from morag_jobs.celery import (
     stage,
 )
 from morag_jobs.store import Job, JobStatus, JobStore
-from tests.celery_app import AUDIO, AUDIO_PLAN, describe, fresh_postgres_schema, history
+from tests.celery_app import AUDIO, AUDIO_PLAN, PACKS, describe, fresh_postgres_schema, history
 
 pytestmark = pytest.mark.postgres
 
@@ -378,6 +378,22 @@ def test_the_structlog_processor_moves_the_job_and_returns_the_event_unchanged(
         stored = written(runtime, store, job.id)
     assert returned == fields
     assert stored.percentage == 60.0
+
+
+def test_the_structlog_processor_reads_with_the_runtimes_pattern_packs(
+    job_db: str, store: JobStore, job: Job
+) -> None:
+    """One parser per runtime, built with its ``pattern_dirs``: the processor uses it too."""
+    packed = Runtime(RuntimeConfig(database_url=job_db, interval=30.0, celery_progress=False,
+                                   pattern_dirs=(PACKS,)))
+    try:
+        with job_context(job.id, runtime=packed):
+            progress_processor(None, "info", {"event": "cooked 3 pies of 4"})
+            stored = written(packed, store, job.id)
+    finally:
+        packed.close()
+    assert stored.percentage == 75.0, (
+        "expected 'cooked 3 pies of 4' read by tests/packs/bakery.toml as 75%")
 
 
 # -- run_with_progress ----------------------------------------------------------------------

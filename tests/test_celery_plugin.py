@@ -310,6 +310,23 @@ def test_a_logged_line_that_is_not_progress_leaves_the_job_alone(
     assert history(store, job.id, "progress") == [], "expected 'CPU usage 95%' to be ignored"
 
 
+@pytest.mark.parametrize("via", ["log", "command"])
+def test_install_pattern_dirs_reach_the_parser_of_the_log_tap_and_of_commands(
+    via: str, worker: InProcessWorker, store: JobStore
+) -> None:
+    """``install(app, pattern_dirs=[...])``: a format only that pack reads moves the job."""
+    line = "cooked 3 pies of 4"
+    if via == "log":
+        job = submit(tasks.log_line, (line,))
+    else:
+        job = submit(tasks.run_script, (f"print({line!r})",))
+    wait_for_job(store, job.id, finished, "the job to end")
+    rows = history(store, job.id, "progress")
+    seen = [(e.percentage, e.format) for e in rows]
+    assert seen == [(75.0, "test.bakery")], (
+        f"expected {line!r} ({via}) read by tests/packs/bakery.toml as 75%, got {seen}")
+
+
 # -- stages and subprocesses ------------------------------------------------------------------
 
 

@@ -28,10 +28,10 @@ import redis
 from celery import Task
 from celery.result import AsyncResult
 
-from morag_jobs.celery import report_progress, submit
-from morag_jobs.celery.runtime import Runtime, RuntimeConfig, default_runtime, set_default_runtime
+from morag_jobs.celery import Runtime, RuntimeConfig, report_progress, submit
 from morag_jobs.reaper import reap
 from morag_jobs.store import Job, JobStatus, JobStore
+from morag_jobs.task.runtime import default_runtime, set_default_runtime
 from tests import celery_app as tasks
 from tests.celery_app import describe, history, wait_for_job
 from tests.services import flushed_redis

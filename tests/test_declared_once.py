@@ -22,7 +22,6 @@ from pydantic import ValidationError
 from morag_jobs import InvalidProgress, ProgressEvent
 from morag_jobs.api.remote import JobCache
 from morag_jobs.api.schemas import HIDDEN_JOB_FIELDS, EventOut, JobOut, ProgressUpdate, job_json
-from morag_jobs.celery.context import JobContext, bind, report_progress, unbind
 from morag_jobs.events import check_percent
 from morag_jobs.rules import judge, staleness
 from morag_jobs.stages import StagePlan
@@ -30,6 +29,7 @@ from morag_jobs.store import Job, JobEventRecord, JobStatus, JobStore
 from morag_jobs.store.models import JobEventRow, JobRow
 from morag_jobs.store.reads import JobCheck
 from morag_jobs.store.records import EVENT_FIELDS, JOB_FIELDS
+from morag_jobs.task.context import JobContext, bind, report_progress, unbind
 from morag_jobs.values import Rejected, checked
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -92,3 +92,10 @@ def test_parsing_knows_no_jobs_no_database_no_web(forbidden: tuple[str, ...]) ->
 
 def test_the_api_does_not_import_celery() -> None:
     assert not _offenders(_in("morag_jobs.api"), ("celery", "kombu", "morag_jobs.celery"))
+
+
+def test_the_in_task_layer_does_not_import_celery() -> None:
+    in_task = _in("morag_jobs.task")
+    assert len(in_task) >= 5, f"expected morag_jobs/task/ to be read, found {in_task}"
+    assert not _offenders(in_task, ("celery", "kombu", "morag_jobs.celery")), (
+        "morag_jobs/task/ is for any task framework: Celery belongs in morag_jobs/celery/")

@@ -1,4 +1,8 @@
-"""The Celery worker plugin: progress callbacks in tasks, the log tap, the job lifecycle.
+"""The Celery adapter: the job lifecycle from Celery's signals, ``install`` and ``submit``.
+
+What runs inside a task (``report_progress``, ``progress_callback``, ``stage``, the log
+tap, ``run_with_progress``, ``job_context``) lives in ``morag_jobs.task`` and is
+re-exported here, so Celery users import everything from one place.
 
 ::
 
@@ -20,18 +24,23 @@ from morag_jobs._extras import require
 
 require("morag_jobs.celery", "celery", "kombu")
 
-from morag_jobs.celery.commands import CommandFailed, run_with_progress
-from morag_jobs.celery.context import (
+from morag_jobs.celery.plugin import JOB_HEADER, install, submit
+from morag_jobs.celery.runtime import Runtime, RuntimeConfig
+from morag_jobs.task import (
+    CommandFailed,
     JobContext,
+    LogTap,
+    ProgressLogHandler,
     Stage,
+    default_runtime,
     get_current_job_id,
+    job_context,
     progress_callback,
+    progress_processor,
     report_progress,
+    run_with_progress,
     stage,
 )
-from morag_jobs.celery.logtap import LogTap, ProgressLogHandler, progress_processor
-from morag_jobs.celery.plugin import JOB_HEADER, install, submit
-from morag_jobs.celery.runtime import Runtime, RuntimeConfig, default_runtime, job_context
 
 __all__ = [
     "JOB_HEADER",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import fields, replace
+from pathlib import PurePath
 from typing import Any
 
 import click
@@ -30,13 +31,14 @@ import structlog
 from celery import Celery, Task, bootsteps, signals
 from celery.utils import uuid as celery_uuid
 
-from morag_jobs.celery.context import _CURRENT as CURRENT
-from morag_jobs.celery.context import JobContext, bind, unbind
-from morag_jobs.celery.logtap import LogTap
-from morag_jobs.celery.runtime import Runtime, RuntimeConfig, default_runtime, set_default_runtime
+from morag_jobs.celery.runtime import Runtime, RuntimeConfig
 from morag_jobs.reaper import Reaper
 from morag_jobs.stages import Band, StagePlan, register_stage_plan
 from morag_jobs.store import Job
+from morag_jobs.task.context import JobContext, bind, current, unbind
+from morag_jobs.task.logtap import LogTap
+from morag_jobs.task.runtime import Runtime as TaskRuntime
+from morag_jobs.task.runtime import default_runtime, set_default_runtime
 from morag_jobs.webhook_urls import check_url
 
 __all__ = ["JOB_HEADER", "install", "submit"]
@@ -62,7 +64,9 @@ def install(
     """Make ``app``'s tasks report progress into the job table; returns the runtime.
 
     ``settings`` are :class:`RuntimeConfig` fields (``interval``, ``heartbeat_interval``,
-    ``celery_progress``, ``log_tap``, ``reap_timeout``...).
+    ``celery_progress``, ``log_tap``, ``reap_timeout``...); ``pattern_dirs`` names
+    directories of pattern packs for the process's one parser (the log tap's,
+    ``progress_processor``'s and ``run_with_progress``'s).
     """
     config = _config(app, database_url, settings)
     runtime = Runtime(config, app=app)
@@ -129,6 +133,9 @@ def _config(app: Celery, database_url: str | None, settings: Mapping[str, Any]) 
     values.update({k: v for k, v in settings.items() if v is not None})
     if database_url is not None:
         values["database_url"] = database_url
+    dirs = values.get("pattern_dirs")
+    if dirs is not None:
+        values["pattern_dirs"] = (dirs,) if isinstance(dirs, (str, PurePath)) else tuple(dirs)
     return RuntimeConfig(**values)
 
 
@@ -160,7 +167,7 @@ class MoragJobsStep(bootsteps.StartStopStep):
     terminate = stop  # a cold shutdown calls terminate(): flush and stop all the same
 
 
-def _warm_up(runtime: Runtime) -> None:
+def _warm_up(runtime: TaskRuntime) -> None:
     """Build the handler and touch the database in the main thread, before the pool forks.
 
     Otherwise the reaper thread would import the database driver on its first pass; a
@@ -223,9 +230,6 @@ def _connect(app: Celery, runtime: Runtime) -> None:
         except Exception:  # bookkeeping never stops the task from running
             log.exception("could not mark job started", job_id=context.job_id)
 
-    def current() -> JobContext | None:
-        return CURRENT.get()
-
     def on_success(sender: Task, **_: Any) -> None:
         context = current()
         if ours(sender) and context is not None:
@@ -263,6 +267,7 @@ def _connect(app: Celery, runtime: Runtime) -> None:
         if not runtime.config.log_tap:
             return
         handler = _shared_tap()
+        _ = runtime.parser  # built now, in the main process: pool children inherit it
         for target in {logging.getLogger(), logger or logging.getLogger("celery.task")}:
             _hear_info(target)
             if handler not in target.handlers:

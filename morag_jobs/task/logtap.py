@@ -1,11 +1,13 @@
 """The log tap: a task that only logs ``Processing... 75%`` moves its job.
 
-``LogTap`` is a ``logging.Handler`` the plugin adds in worker processes;
+``LogTap`` is a ``logging.Handler`` a worker plugin adds in worker processes;
 ``progress_processor`` does the same for structlog users. Both act only while a task
 with a job is running (a context-variable lookup otherwise), feed the record's message
 through the task's own ``ProgressStream`` (so a "totalling 20 fits" line serves the fit
 lines after it, and a nested bar does not move the job), and fold the events it gives
-into the task's latest state, exactly as ``report_progress`` would.
+into the task's latest state, exactly as ``report_progress`` would. Both read with
+the parser of the job's runtime (one per process, with its pattern packs) unless a tap
+is given its own.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import threading
 from collections.abc import MutableMapping
 from typing import Any
 
-from morag_jobs.celery.context import _CURRENT
 from morag_jobs.parser import ProgressEventParser
 from morag_jobs.streams import ProgressStream
+from morag_jobs.task.context import current
 
 __all__ = ["LogTap", "ProgressLogHandler", "progress_processor"]
 
@@ -26,15 +28,18 @@ _OWN_LOGGERS = ("morag_jobs",)
 
 
 class LogTap(logging.Handler):
-    """Feeds log records of running jobs through the parser into their job."""
+    """Feeds log records of running jobs through the parser into their job.
+
+    Without a ``parser`` it reads with the running job's runtime's.
+    """
 
     def __init__(self, parser: ProgressEventParser | None = None, level: int = 0) -> None:
         super().__init__(level)
-        self.parser = parser if parser is not None else ProgressEventParser()
+        self.parser = parser
         self._last: logging.LogRecord | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        context = _CURRENT.get()
+        context = current()
         if context is None or record is self._last or getattr(_guard, "active", False):
             return
         if record.name.startswith(_OWN_LOGGERS):
@@ -44,16 +49,13 @@ class LogTap(logging.Handler):
         try:
             stream = context.log_stream
             if stream is None:
-                stream = context.log_stream = ProgressStream(self.parser)
+                stream = context.log_stream = ProgressStream(self.parser or context.runtime.parser)
             for event in stream.feed_line(record.getMessage()):
                 context.report_event(event)
         except Exception:  # logging must never fail because of progress
             self.handleError(record)
         finally:
             _guard.active = False
-
-
-_processor_parser: ProgressEventParser | None = None
 
 
 def progress_processor(
@@ -63,15 +65,12 @@ def progress_processor(
 
     Put it anywhere in the processor chain; it returns ``event_dict`` unchanged.
     """
-    global _processor_parser  # noqa: PLW0603 - one parser per process, built on first use
-    context = _CURRENT.get()
+    context = current()
     if context is None or getattr(_guard, "active", False):
         return event_dict
-    if _processor_parser is None:
-        _processor_parser = ProgressEventParser()
     _guard.active = True
     try:
-        event = _processor_parser.parse_fields(event_dict)
+        event = context.runtime.parser.parse_fields(event_dict)
         if event is not None:
             context.report_event(event)
     finally:

@@ -9,15 +9,14 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import IO, Any
 
-from morag_jobs.celery.context import JobContext, current_context
 from morag_jobs.events import ProgressEvent
 from morag_jobs.parser import ProgressEventParser
 from morag_jobs.streams import ProgressStream
+from morag_jobs.task.context import JobContext, current_context
 
 __all__ = ["CommandFailed", "run_with_progress"]
 
 _TAIL_BYTES = 4096
-_shared_parser: ProgressEventParser | None = None
 
 
 class CommandFailed(subprocess.CalledProcessError):
@@ -49,15 +48,11 @@ def run_with_progress(
     ``stage`` makes that progress relative to a stage of the job's plan. Returns the
     completed process with its output as text; raises ``CommandFailed`` (with the tail
     of stderr) when it exits non-zero and ``check`` is true, and
-    ``subprocess.TimeoutExpired`` after killing it when ``timeout`` passes.
+    ``subprocess.TimeoutExpired`` after killing it when ``timeout`` passes. Without a
+    ``parser`` it reads with the job's runtime's.
     """
-    global _shared_parser  # noqa: PLW0603 - one parser per process, built on first use
     context = current_context()
-    if parser is None:
-        if _shared_parser is None:
-            _shared_parser = ProgressEventParser()
-        parser = _shared_parser
-    progress = ProgressStream(parser, total=total, duration=duration)
+    progress = ProgressStream(parser or context.runtime.parser, total=total, duration=duration)
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                **popen_kwargs)
     outputs: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
