@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from morag_jobs import rules
+from morag_jobs import _config, rules
 from morag_jobs.errors import InvalidProgress, JobExists, JobNotFound, StoreUnavailable
 from morag_jobs.events import ProgressEvent, check_percent, not_ahead, utc_now
 from morag_jobs.parser import ProgressEventParser
@@ -123,10 +123,10 @@ class ProgressHandler:
         *,
         database_url: str | None = None,
         parser: ProgressEventParser | None = None,
-        interval: float = 0.5,
+        interval: float = _config.WRITE_INTERVAL,
         auto_create_jobs: bool = True,
-        sync_timeout: float = 30.0,
-        mapping_ttl: float = 2.0,
+        sync_timeout: float = _config.SYNC_TIMEOUT,
+        mapping_ttl: float = _config.MAPPING_TTL,
         webhooks: bool = True,
     ) -> None:
         if store is not None and database_url is not None:

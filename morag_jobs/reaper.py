@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from morag_jobs import rules, settings
+from morag_jobs import _config, rules, settings
 from morag_jobs.events import utc_now
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.store import Job, JobStore
@@ -32,7 +32,7 @@ __all__ = ["DEFAULT_TIMEOUT", "Pass", "Reaper", "interval_for", "reap", "reap_pa
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_TIMEOUT = 120.0
+DEFAULT_TIMEOUT = _config.REAP_TIMEOUT
 """Seconds without a heartbeat after which a running job is reaped."""
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import structlog
 
+from morag_jobs import _config
+
 __all__ = [
     "Band",
     "StagePlan",
@@ -200,7 +202,7 @@ def _checked_band(name: object, band: Sequence[Any]) -> Band:
     return float(start), float(end)
 
 
-_PLANS: dict[str, StagePlan] = {}
+_PLANS = _config.stage_plans  # the registry lives with the other process-wide state
 
 
 def register_stage_plan(job_type: str, plan: StagePlan) -> None:
@@ -219,5 +221,7 @@ def get_stage_plan(job_type: str | None) -> StagePlan | None:
 
 def clear_stage_plans() -> None:
     """Forget every registered plan and every unknown-stage warning (for tests)."""
-    _PLANS.clear()
-    _WARNED.clear()
+    _config.reset()
+
+
+_config.on_reset(_WARNED.clear)

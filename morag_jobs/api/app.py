@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from morag_jobs import __version__, settings, webhooks
+from morag_jobs import __version__, _config, settings, webhooks
 from morag_jobs.api import dashboard, jobs, metrics, remote, stream
 from morag_jobs.api.auth import ApiKeys
 from morag_jobs.api.metrics import ApiMetrics, UpdateTimer
@@ -65,8 +65,8 @@ def create_app(
     database_url: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     cache_ttl: float = 1.0,
-    write_interval: float = 0.5,
-    stream_poll_interval: float = 0.5,
+    write_interval: float = _config.WRITE_INTERVAL,
+    stream_poll_interval: float = _config.STREAM_POLL_INTERVAL,
     heartbeat_interval: float = 15.0,
     max_streams_per_key: int | None = None,
     max_streams: int = DEFAULT_MAX_STREAMS,

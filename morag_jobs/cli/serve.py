@@ -17,6 +17,7 @@ from urllib.parse import unquote_plus
 
 import typer
 
+from morag_jobs import _config
 from morag_jobs.cli._common import EXIT_USAGE, DatabaseOption, fail
 from morag_jobs.reaper import DEFAULT_TIMEOUT, Reaper
 from morag_jobs.store import JobStore
@@ -66,7 +67,7 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
     write_interval: Annotated[float, typer.Option(
         help="Write each job at most this often (seconds); progress in between is "
-             "coalesced, latest wins.", min=0.0)] = 0.5,
+             "coalesced, latest wins.", min=0.0)] = _config.WRITE_INTERVAL,
     reaper: Annotated[bool, typer.Option(
         help="Reap the jobs of dead workers from here too (one pass at a time across "
              "servers and workers).")] = True,
@@ -101,7 +102,7 @@ def _serve(
     if database:
         # The worker processes build their app from the environment.
         os.environ["MORAG_DATABASE_URL"] = database
-    if write_interval != 0.5:
+    if write_interval != _config.WRITE_INTERVAL:
         fail("--write-interval is not supported with --workers above 1 yet", EXIT_USAGE)
     uvicorn.run("morag_jobs.api:create_app_from_settings", factory=True, workers=workers,
                 **options)  # type: ignore[arg-type]

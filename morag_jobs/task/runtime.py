@@ -25,7 +25,7 @@ from pathlib import Path
 
 import structlog
 
-from morag_jobs import settings
+from morag_jobs import _config, settings
 from morag_jobs.events import ProgressEvent
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.parser import ProgressEventParser
@@ -43,8 +43,8 @@ class RuntimeConfig:
     """The settings a worker operator may change (``install``, worker options, environment)."""
 
     database_url: str | None = None
-    interval: float = 0.5
-    heartbeat_interval: float = 10.0
+    interval: float = _config.WRITE_INTERVAL
+    heartbeat_interval: float = _config.HEARTBEAT_INTERVAL
     log_tap: bool = True
     reap_timeout: float | None = DEFAULT_TIMEOUT
     redelivery_timeout: float | None = None  # None: MORAG_REDELIVERY_TIMEOUT, else 600
