@@ -27,7 +27,8 @@ from morag_jobs.events import ProgressEvent
 
 if TYPE_CHECKING:
     from morag_jobs.follow import FollowerStats, LogFollower
-    from morag_jobs.handler import ApplyResult, HandlerStats, ProgressHandler
+    from morag_jobs.handler import ProgressHandler
+    from morag_jobs.outcomes import ApplyResult, HandlerStats
     from morag_jobs.parser import ParserStats, ProgressEventParser
     from morag_jobs.stages import StagePlan, get_stage_plan, register_stage_plan
     from morag_jobs.store import Job, JobEventRecord, JobStatus, JobStore
@@ -36,9 +37,9 @@ if TYPE_CHECKING:
     __version__: str
 
 _LAZY = {
-    "ApplyResult": "handler",
+    "ApplyResult": "outcomes",
     "FollowerStats": "follow",
-    "HandlerStats": "handler",
+    "HandlerStats": "outcomes",
     "Job": "store",
     "JobEventRecord": "store",
     "JobStatus": "store",

@@ -12,9 +12,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -22,6 +21,7 @@ import structlog
 from morag_jobs import _config, rules
 from morag_jobs.errors import InvalidProgress, JobExists, JobNotFound, StoreUnavailable
 from morag_jobs.events import ProgressEvent, check_percent, not_ahead, utc_now
+from morag_jobs.outcomes import ApplyResult, HandlerStats
 from morag_jobs.parser import ProgressEventParser
 from morag_jobs.store import Job, JobChanges, JobStatus, JobStore, Mutation
 from morag_jobs.webhooks import outbox_listener
@@ -52,57 +52,6 @@ _EVENT_TYPES = {
     JobStatus.FAILED: "failed",
     JobStatus.CANCELLED: "cancelled",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyResult:
-    """What became of one event: ``accepted`` and, either way, why."""
-
-    accepted: bool
-    reason: str
-    job_id: str | None = None
-    job: Job | None = None
-
-    def __bool__(self) -> bool:
-        return self.accepted
-
-
-@dataclass(slots=True)
-class HandlerStats:
-    """Counters of events by (source, outcome), and of writes; ``outcomes`` sums sources.
-
-    Outcomes: ``queued`` when accepted for a coalesced write, then ``applied``,
-    ``stale``, ``stage_behind`` or ``terminal`` once written; ``rejected`` (invalid),
-    ``no_job``.
-    """
-
-    by_source: Counter[tuple[str, str]] = field(default_factory=Counter)
-    writes: int = 0
-    write_errors: int = 0
-    listener_errors: int = 0
-    future_timestamps: int = 0
-    """Events stamped ahead of this machine's clock, taken as arriving when they did."""
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def count(self, source: str, outcome: str, n: int = 1) -> None:
-        # Callers and the writer thread both count: without the lock a += can be lost.
-        with self._lock:
-            self.by_source[source, outcome] += n
-
-    @property
-    def outcomes(self) -> Counter[str]:
-        totals: Counter[str] = Counter()
-        for (_, outcome), n in self.by_source.items():
-            totals[outcome] += n
-        return totals
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            **dict(self.outcomes),
-            "writes": self.writes,
-            "write_errors": self.write_errors,
-            "listener_errors": self.listener_errors,
-        }
 
 
 class ProgressHandler:
