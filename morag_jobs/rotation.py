@@ -29,7 +29,10 @@ __all__ = ["Finished", "find_rotated", "generations", "unread_in_compressed_copy
 log = structlog.get_logger(__name__)
 
 _MAX_SIBLINGS = 50
-_OPEN_TRIES = 3
+_OPEN_TRIES = 200
+"""Opens of a rotated file that a storm keeps renaming (app.log.6 -> .7 -> ...): each miss
+is followed to the file's new name by a scan, so only a storm that renames it again
+between every scan and open, 200 times running, loses it (and that is logged)."""
 _SCAN_TRIES = 5
 _ROTATED = re.compile(r"[.-]\d[\w.:+-]*")
 _NUMBERED = re.compile(r"\.(\d+)")
