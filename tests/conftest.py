@@ -15,8 +15,8 @@ from tests.services import (
     admin_engine,
     create_database,
     drop_database,
-    flushed_redis,
     fresh_postgres_schema,
+    own_redis_keys,
 )
 
 
@@ -50,5 +50,5 @@ def database_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """Redis database 15, flushed before and after the test."""
-    with flushed_redis(REDIS_URL):
+    with own_redis_keys(REDIS_URL):
         yield REDIS_URL

@@ -125,20 +125,23 @@ def fresh_postgres_schema(base_url: str, *, migrate: bool = False) -> str:
 
 
 @contextmanager
-def flushed_redis(url: str) -> Iterator[redis.Redis]:
-    """A client on the Redis database at ``url``, emptied before and after the block.
+def own_redis_keys(url: str) -> Iterator[redis.Redis]:
+    """A client on the Redis database at ``url``; the keys the block created are deleted
+    after it, and nothing else: the database may hold someone else's data.
 
-    ``url`` is on the tests' own server (see ``_private_redis``); set
-    ``MORAG_TEST_REDIS_URL`` only to a server whose databases 14 and 15 may be emptied.
+    ``url`` is normally on the tests' own server (see ``_private_redis``); even so, no
+    test empties a database, so a ``MORAG_TEST_REDIS_URL`` on a shared server is safe.
     """
     client = redis.Redis.from_url(url)
     try:
-        client.flushdb()
+        before = set(client.scan_iter(count=1000))
     except redis.exceptions.ConnectionError as error:
         client.close()
         service_missing("Redis", error)
     try:
         yield client
     finally:
-        client.flushdb()
+        created = [key for key in client.scan_iter(count=1000) if key not in before]
+        if created:
+            client.delete(*created)
         client.close()

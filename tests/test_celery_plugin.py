@@ -24,7 +24,7 @@ from morag_jobs.store import Job, JobStatus, JobStore
 from morag_jobs.store.engine import masked_url, parse_url
 from tests import celery_app as tasks
 from tests.celery_app import AUDIO, AUDIO_PLAN, describe, history, wait_for_job
-from tests.services import flushed_redis
+from tests.services import own_redis_keys
 
 pytestmark = [pytest.mark.celery, pytest.mark.redis, pytest.mark.postgres]
 
@@ -68,7 +68,7 @@ def job_db(postgres_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def broker() -> Iterator[redis.Redis]:
-    with flushed_redis(tasks.BROKER_URL) as client:
+    with own_redis_keys(tasks.BROKER_URL) as client:
         yield client
 
 

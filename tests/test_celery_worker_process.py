@@ -34,7 +34,7 @@ from morag_jobs.store import Job, JobStatus, JobStore
 from morag_jobs.task.runtime import default_runtime, set_default_runtime
 from tests import celery_app as tasks
 from tests.celery_app import describe, history, wait_for_job
-from tests.services import flushed_redis
+from tests.services import own_redis_keys
 
 pytestmark = [pytest.mark.celery, pytest.mark.redis, pytest.mark.postgres]
 
@@ -105,7 +105,7 @@ class WorkerProcess:
 @pytest.fixture
 def broker() -> Iterator[redis.Redis]:
     # Flushing afterwards also drops the unacknowledged message of a killed acks_late task.
-    with flushed_redis(tasks.BROKER_URL) as client:
+    with own_redis_keys(tasks.BROKER_URL) as client:
         yield client
 
 

@@ -55,8 +55,12 @@ def test_the_image_installs_what_the_services_run() -> None:
     assert "morag_jobs.demo" in compose and "morag-jobs" in compose
 
 
-def test_the_suite_flushes_only_a_redis_server_of_its_own() -> None:
-    """The machine's Redis is shared: the databases the tests empty are on their own server."""
+def test_the_suite_uses_a_redis_server_of_its_own() -> None:
+    """The machine's Redis is shared: the tests run on their own server, and delete only
+    the keys they created even there (no FLUSHDB, no FLUSHALL anywhere in tests/)."""
+    calls = [path.name for path in (ROOT / "tests").glob("*.py")
+             if re.search(r"\.flush(db|all)\(", path.read_text(), re.IGNORECASE)]
+    assert calls == [], f"tests that empty a Redis database: {calls}"
     own = getattr(services, "_OWN", None)
     if own is None:
         pytest.skip("MORAG_TEST_REDIS_URL names the server (its owner chose it), or no "
