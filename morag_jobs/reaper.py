@@ -65,7 +65,7 @@ def reap_pass(
     waiting = _checked(timeout, redelivery_timeout)
     now = now or utc_now()
     handler = handler if isinstance(handler, ProgressHandler) else ProgressHandler(handler)
-    with reaper_lock(handler.store.engine) as held:
+    with reaper_lock(handler.store) as held:
         if not held:
             log.debug("reaper pass skipped: another process holds the lock")
             return Pass(False)
@@ -105,7 +105,7 @@ def _reap_silent(
 
 
 def _reap_undelivered(handler: ProgressHandler, now: datetime) -> list[Job]:
-    return _apply(handler, awaiting_redelivery(handler.store.engine),
+    return _apply(handler, awaiting_redelivery(handler.store),
                   lambda job: rules.redelivery_missed(job, now))
 
 

@@ -189,7 +189,7 @@ HOLD_THE_LOCK = """\
 import sys
 from morag_jobs.store import JobStore
 from morag_jobs.store.reaping import reaper_lock
-with JobStore(sys.argv[1]) as store, reaper_lock(store.engine) as held:
+with JobStore(sys.argv[1]) as store, reaper_lock(store) as held:
     print("held" if held else "busy", flush=True)
     sys.stdin.read()
 """

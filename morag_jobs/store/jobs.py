@@ -160,11 +160,8 @@ class JobStore:
         return self._create_tables
 
     def _check_reachable(self) -> None:
-        try:
-            with self._engine.connect():
-                pass
-        except DBAPIError as error:
-            raise StoreUnavailable(self.url, self._reason(error)) from error
+        with self._translated(), self._engine.connect():
+            pass
 
     def _has_tables(self) -> bool:
         with self._engine.connect() as connection:

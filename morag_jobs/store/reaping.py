@@ -25,12 +25,16 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import structlog
 from sqlalchemy import Engine, func, select
 
 from morag_jobs.store import queries as q
 from morag_jobs.store.records import Job, JobStatus
+
+if TYPE_CHECKING:
+    from morag_jobs.store.jobs import JobStore
 
 __all__ = ["REDELIVERY_DEADLINE", "awaiting_redelivery", "reaper_lock"]
 
@@ -45,11 +49,12 @@ _MEMORY_LOCKS_GUARD = threading.Lock()
 
 
 @contextmanager
-def reaper_lock(engine: Engine) -> Iterator[bool]:
+def reaper_lock(store: JobStore) -> Iterator[bool]:
     """Hold the reaper's lock for the block if no other process does; yields whether it was got."""
+    engine = store.engine
     dialect = engine.dialect.name
     if dialect == "postgresql":
-        with _advisory_lock(engine) as held:
+        with _advisory_lock(store) as held:
             yield held
     elif dialect == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         with _file_lock(f"{engine.url.database}.reaper.lock") as held:
@@ -68,9 +73,9 @@ def reaper_lock(engine: Engine) -> Iterator[bool]:
 
 
 @contextmanager
-def _advisory_lock(engine: Engine) -> Iterator[bool]:
+def _advisory_lock(store: JobStore) -> Iterator[bool]:
     key = select(func.pg_try_advisory_xact_lock(_PG_LOCK_KEY, func.hashtext(func.current_schema())))
-    with engine.begin() as connection:
+    with store._writing() as connection:  # the store's transaction: its errors translated
         yield bool(connection.scalar(key))
 
 
@@ -98,10 +103,10 @@ def _file_lock(path: str) -> Iterator[bool]:
         os.close(descriptor)  # closing the descriptor releases the lock
 
 
-def awaiting_redelivery(engine: Engine) -> list[Job]:
+def awaiting_redelivery(store: JobStore) -> list[Job]:
     """PENDING jobs the reaper sent back to await their task's redelivery, oldest first."""
     deadline = q.JOBS.c["metadata"][REDELIVERY_DEADLINE].as_string()
     query = q.select_jobs(q.JOBS.c.status == JobStatus.PENDING, deadline.is_not(None))
-    with engine.connect() as connection:
+    with store._reading() as connection:
         rows = connection.execute(query.order_by(q.JOBS.c.updated_at, q.JOBS.c.id))
         return [Job.from_row(row._mapping) for row in rows]
