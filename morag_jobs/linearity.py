@@ -58,9 +58,12 @@ def heads_of(lines: Iterable[str], limit: int = 8) -> list[str]:
     return heads
 
 
-def growth(run: Callable[[str], object], short: str, long: str, repeats: int = 2) -> float:
-    """How much more the long line costs than the short one (best of ``repeats``)."""
-    return _seconds(run, long, repeats) / max(_seconds(run, short, repeats), 1e-5)
+def growth(
+    run: Callable[[str], object], short: str, long: str, repeats: int = 2, floor: float = 1e-5
+) -> float:
+    """How much more the long line costs than the short one (best of ``repeats``); the
+    short one counts as at least ``floor`` seconds, below which timer noise dominates."""
+    return _seconds(run, long, repeats) / max(_seconds(run, short, repeats), floor)
 
 
 def superlinear(search: Callable[[str], object], heads: Iterable[str] = HEADS) -> str | None:

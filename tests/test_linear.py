@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 
 from morag_jobs import ProgressEventParser
 from morag_jobs.errors import PatternPackError
-from morag_jobs.linearity import adversarial
+from morag_jobs.linearity import adversarial, growth
 from morag_jobs.packs import builtin_pack_dir, load_packs
 from morag_jobs.streams import ProgressStream
 from morag_jobs.terminal import MAX_UPDATE_CHARS
@@ -30,22 +29,12 @@ SHORT, LONG = 5_000, 50_000
 GROWTH_LIMIT = 30.0
 
 
-def _seconds(run: Callable[[str], object], line: str) -> float:
-    best = float("inf")
-    for _ in range(2):
-        start = time.perf_counter()
-        run(line)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def _assert_linear(name: str, run: Callable[[str], object], scale: int = 1) -> None:
     worst = (0.0, "")
     for short, long in zip(adversarial(SHORT * scale), adversarial(LONG * scale), strict=True):
-        small = max(_seconds(run, short), 1e-4)  # below this, timer noise dominates
-        growth = _seconds(run, long) / small
-        if growth > worst[0]:
-            worst = (growth, short[:40])
+        grew = growth(run, short, long, floor=1e-4)
+        if grew > worst[0]:
+            worst = (grew, short[:40])
     assert worst[0] < GROWTH_LIMIT, (
         f"{name} grew {worst[0]:.0f}x for 10x the input on {worst[1]!r}...: super-linear")
 
