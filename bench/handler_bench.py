@@ -26,7 +26,7 @@ from pathlib import Path
 import sqlalchemy
 
 from morag_jobs import ProgressEvent
-from morag_jobs.handler import ProgressHandler
+from morag_jobs.compat import ProgressHandler
 from morag_jobs.store import JobStatus, JobStore
 
 BATCH = 2_000
@@ -66,7 +66,7 @@ def run(url: str, label: str, events: int, job_count: int, interval: float) -> R
     jobs = [store.create_job(name=f"bench-{n}").id for n in range(job_count)]
     tasks = {str(uuid.uuid4()): job for job in jobs}
     for task, job in tasks.items():
-        handler.register_task_mapping(task, job)
+        handler.mappings.bind("task", task, job)
     per_job = events // job_count // 2
     lines = make_lines(jobs, tasks, per_job)
     # Direct events are made as they are applied: an event made before the log lines were
@@ -104,7 +104,7 @@ def check(store: JobStore, jobs: list[str], per_job: int) -> list[str]:
     expected_last = f"direct {per_job - 1}"
     for job_id in jobs:
         job = store.require_job(job_id)
-        progress = [e for e in store.get_events(job_id) if e.kind == "progress"]
+        progress = [e for e in store.history(job_id) if e.kind == "progress"]
         if job.status is not JobStatus.FINISHED or job.percentage != 100.0:
             errors.append(f"{job_id}: {job.status} {job.percentage}")
         elif not progress or progress[-1].message != expected_last:

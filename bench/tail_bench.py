@@ -117,7 +117,7 @@ def job_line(i: int) -> str:
 def applications(url: str, lines: int) -> list[int]:
     """How many history rows each line's job has: how often the line was applied."""
     with JobStore(url) as store:
-        return [sum(1 for row in store.get_events(f"job-{i:05d}") if row.kind == "progress")
+        return [sum(1 for row in store.history(f"job-{i:05d}") if row.kind == "progress")
                 for i in range(1, lines + 1)]
 
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from morag_jobs.outcomes import ApplyResult, HandlerStats
     from morag_jobs.parser import ParserStats, ProgressEventParser
     from morag_jobs.stages import StagePlan, get_stage_plan, register_stage_plan
-    from morag_jobs.store import Job, JobEventRecord, JobStatus, JobStore
+    from morag_jobs.store import HistoryEntry, Job, JobEventRecord, JobStatus, JobStore
     from morag_jobs.streams import ProgressStream, StreamStats
 
     __version__: str
@@ -40,6 +40,7 @@ _LAZY = {
     "ApplyResult": "outcomes",
     "FollowerStats": "follow",
     "HandlerStats": "outcomes",
+    "HistoryEntry": "store",
     "Job": "store",
     "JobEventRecord": "store",
     "JobStatus": "store",
@@ -61,6 +62,7 @@ __all__ = [
     "ConcurrencyConflict",
     "FollowerStats",
     "HandlerStats",
+    "HistoryEntry",
     "InvalidProgress",
     "Job",
     "JobEventRecord",

@@ -91,3 +91,16 @@ class WebhookURLRefused(MoragJobsError, ValueError):
         self.url = url
         self.reason = reason
         super().__init__(f"webhook URL {url!r} refused: {reason}")
+
+
+RETRYABLE = (StoreUnavailable, ConcurrencyConflict)
+"""What a write may be retried after: the store translates every driver error into
+``StoreUnavailable`` at its boundary, so nothing above it knows SQLAlchemy."""
+
+
+def brief(error: BaseException) -> str:
+    """The first line of an error: no SQL and no parameters (user data) in logs."""
+    if isinstance(error, StoreUnavailable):
+        return error.reason  # already the driver's first line, password masked
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

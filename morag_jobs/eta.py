@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from morag_jobs.store import JobEventRecord
+from morag_jobs.store import HistoryEntry
 
 __all__ = ["estimate_remaining"]
 
 
 def estimate_remaining(
-    events: Sequence[JobEventRecord], percentage: float, *, now: datetime, window: int = 20
+    events: Sequence[HistoryEntry], percentage: float, *, now: datetime, window: int = 20
 ) -> timedelta | None:
     """The time left at the recent rate of progress; None when there is no rate to go by.
 

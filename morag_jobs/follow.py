@@ -22,6 +22,7 @@ from pathlib import Path
 import structlog
 
 from morag_jobs.checkpoint import Checkpoint, CheckpointError, InFlight, Mark, landed
+from morag_jobs.errors import RETRYABLE, brief
 from morag_jobs.events import ProgressEvent, utc_now
 from morag_jobs.handler import ApplyResult, ProgressHandler
 from morag_jobs.logfile import PASS_BYTES
@@ -29,7 +30,6 @@ from morag_jobs.parser import ProgressEventParser
 from morag_jobs.store import Job
 from morag_jobs.streams import ProgressStream
 from morag_jobs.tailing import FollowerStats, Tail
-from morag_jobs.writer import RETRYABLE, brief
 
 __all__ = ["CheckpointError", "FollowedEvent", "FollowerStats", "LogFollower"]
 
@@ -104,7 +104,7 @@ class LogFollower:
         if not names:
             raise ValueError("no paths to follow")
         self.handler = handler
-        self.parser = parser or (handler.parser if handler else ProgressEventParser())
+        self.parser = parser or getattr(handler, "parser", None) or ProgressEventParser()
         self.job_id = job_id
         self.worker_id = worker_id
         # Unbound, a line could name any job (a JSON job_id, a forged Celery prefix in a
@@ -292,7 +292,7 @@ class LogFollower:
         if self.job_id is not None:
             return self.job_id
         if self.worker_id is not None:
-            return handler.get_job_id_for_worker(self.worker_id)
+            return handler.mappings.lookup("worker", self.worker_id)
         if not self.trust_line_ids:
             if event.job_id or event.worker_id or event.task_id:
                 self.stats.untrusted += 1
@@ -301,13 +301,7 @@ class LogFollower:
             if handler.auto_create_jobs or self._job_exists(event.job_id):
                 return event.job_id
             return None
-        if event.worker_id is not None:
-            job_id = handler.get_job_id_for_worker(event.worker_id)
-            if job_id is not None:
-                return job_id
-        if event.task_id is not None:
-            return handler.get_job_id_for_task(event.task_id)
-        return None
+        return handler.mappings.resolve(event)
 
     def _job_exists(self, job_id: str) -> bool:
         """Whether a job a line names exists (an absent one is looked up again later)."""

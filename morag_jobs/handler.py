@@ -2,7 +2,7 @@
 
 Every source (log lines, callbacks in tasks, remote workers) hands it a
 ``ProgressEvent``; it resolves the job, applies the rules of :mod:`morag_jobs.rules`
-and writes through a :class:`~morag_jobs.writer.CoalescingWriter`. It never raises
+and writes through its private coalescing writer (:mod:`morag_jobs._writer`). It never raises
 into the code that reported progress: a refused or failed update returns False (or an
 ``ApplyResult`` saying why) and is logged.
 """
@@ -19,19 +19,17 @@ from typing import Any
 import structlog
 
 from morag_jobs import _config, rules
-from morag_jobs.errors import InvalidProgress, JobExists, JobNotFound, StoreUnavailable
-from morag_jobs.events import ProgressEvent, check_percent, not_ahead, utc_now
+from morag_jobs._writer import CoalescingWriter, WritePolicy
+from morag_jobs.errors import RETRYABLE, JobExists, JobNotFound, StoreUnavailable, brief
+from morag_jobs.events import ProgressEvent, not_ahead, utc_now
+from morag_jobs.mappings import JobMappings
 from morag_jobs.outcomes import ApplyResult, HandlerStats
-from morag_jobs.parser import ProgressEventParser
+from morag_jobs.stages import get_stage_plan
 from morag_jobs.store import Job, JobChanges, JobStatus, JobStore, Mutation
-from morag_jobs.webhooks import outbox_listener
-from morag_jobs.writer import RETRYABLE, CoalescingWriter, brief
 
-__all__ = ["ApplyResult", "HandlerStats", "Listener", "ProgressHandler"]
+__all__ = ["ApplyResult", "HandlerStats", "Listener", "ProgressHandler", "arrived"]
 
 
-MAPPING_CACHE_MAX = 4096
-"""Most task/worker -> job lookups the handler keeps cached (each for ``mapping_ttl``)."""
 ENDED_MEMORY = 600.0
 """Seconds an ended job is remembered, so late events on it are refused without a query."""
 ENDED_MEMORY_MAX = 100_000
@@ -54,12 +52,26 @@ _EVENT_TYPES = {
 }
 
 
+def arrived(event: ProgressEvent, stats: HandlerStats) -> ProgressEvent:
+    """``event`` as it is taken on arrival: a timestamp ahead of our clock (a remote
+    worker's, a log's local time read as UTC) is clamped to now and counted, so it can
+    never make every later report look stale. The handler does it to every event; the
+    API does it before its retry check too (a second call changes nothing)."""
+    clamped = not_ahead(event, utc_now())
+    if clamped is None:
+        return event
+    stats.future_timestamps += 1
+    return clamped
+
+
 class ProgressHandler:
     """Turns progress events into job state; see ARCHITECTURE.md, "Rules of job state".
 
     ``interval`` is the write-coalescing window per job (0 writes every event as soon as
-    the writer thread gets to it). With ``webhooks`` (the default), jobs that end here
-    queue their completion webhooks in the outbox (see :mod:`morag_jobs.webhooks`).
+    the writer thread gets to it). Listeners are attached by whoever assembles the
+    handler (``install()``, ``create_app()``, the CLI attach the webhook outbox with
+    :func:`morag_jobs.webhooks.attach_outbox`); the seed's method names live in
+    :mod:`morag_jobs.compat`.
     With ``auto_create_jobs`` an event for a job id that was named explicitly (argument
     or event field) creates the job when it does not exist, as the original MoRAG
     tracker's callers expect; ids that were only guessed (an unmapped worker or task)
@@ -71,35 +83,29 @@ class ProgressHandler:
         store: JobStore | None = None,
         *,
         database_url: str | None = None,
-        parser: ProgressEventParser | None = None,
         interval: float = _config.WRITE_INTERVAL,
         auto_create_jobs: bool = True,
         sync_timeout: float = _config.SYNC_TIMEOUT,
         mapping_ttl: float = _config.MAPPING_TTL,
-        webhooks: bool = True,
+        policy: WritePolicy | None = None,
     ) -> None:
         if store is not None and database_url is not None:
             raise ValueError("pass either store or database_url, not both")
         self._owns_store = store is None
         self.store = store if store is not None else JobStore(database_url)
-        self.parser = parser if parser is not None else ProgressEventParser()
         self.auto_create_jobs = auto_create_jobs
         self.stats = HandlerStats()
-        self._mapping_ttl = mapping_ttl
-        self._mappings: dict[tuple[str, str], tuple[str | None, float]] = {}
+        self.mappings = JobMappings(self.store, mapping_ttl)
+        """Worker/task -> job bindings: how an event that names no job finds one."""
         self._terminal: dict[str, float] = {}
         """Ended jobs -> when they may be forgotten (monotonic), oldest first: late events
         on them are refused without a query for ``ENDED_MEMORY`` seconds."""
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         self._writer = CoalescingWriter(
-            self.store, interval=interval, on_written=self._written, on_error=self._failed,
-            create_job=self._create_missing, sync_timeout=sync_timeout,
+            self.store, policy or WritePolicy(interval, sync_timeout),
+            on_written=self._written, on_error=self._failed, create_job=self._create_missing,
         )
-        if webhooks:
-            # Every process that ends jobs queues their webhooks in the durable outbox;
-            # whichever process runs a WebhookDeliverer sends them.
-            self.add_listener(outbox_listener(self.store))
 
     # -- the general entry point ---------------------------------------------------------
 
@@ -112,7 +118,7 @@ class ProgressHandler:
         ``worker_id``, else the job mapped to its ``task_id``.
         """
         explicit = job_id or event.job_id
-        target = explicit or self._mapped(event)
+        target = explicit or self.mappings.resolve(event)
         if target is None:
             self.stats.count(event.source, "no_job")
             log.warning("no job for progress event", worker_id=event.worker_id,
@@ -122,13 +128,7 @@ class ProgressHandler:
             log.warning("percentage above 100 clamped to 100", job_id=target,
                         percent=event.percent)
             event = replace(event, percent=100.0)
-        arrived = utc_now()
-        clamped = not_ahead(event, arrived)
-        if clamped is not None:
-            # A clock ahead of ours (a remote worker's, a log's local time read as UTC)
-            # must not make every later report look stale: it is taken as arriving now.
-            self.stats.future_timestamps += 1
-            event = clamped
+        event = arrived(event, self.stats)
         if target in self._terminal:
             self.stats.count(event.source, "terminal")
             return ApplyResult(False, "terminal", target)
@@ -154,93 +154,32 @@ class ProgressHandler:
 
     # -- listeners -----------------------------------------------------------------------
 
+    @property
+    def listeners(self) -> tuple[Listener, ...]:
+        """The listeners attached, in the order they are called."""
+        return tuple(self._listeners)
+
     def add_listener(self, callback: Listener) -> None:
         """Call ``callback(event_type, job)`` after every write; failures are isolated."""
         with self._lock:
             self._listeners = [*self._listeners, callback]
 
     def remove_listener(self, callback: Listener) -> None:
+        """Stop calling ``callback``."""
         with self._lock:
             self._listeners = [c for c in self._listeners if c != callback]
-
-    # -- the seed's API ------------------------------------------------------------------
-
-    def register_job_mapping(self, worker_id: str, job_id: str) -> None:
-        """Progress from ``worker_id`` goes to ``job_id`` (persisted: every process sees it)."""
-        self._ensure_job(job_id)
-        self.store.set_mapping("worker", worker_id, job_id)
-        self._remember("worker", worker_id, job_id, time.monotonic())
-
-    def unregister_job_mapping(self, worker_id: str) -> bool:
-        self._mappings.pop(("worker", worker_id), None)
-        return self.store.delete_mapping("worker", worker_id)
-
-    def get_job_id_for_worker(self, worker_id: str) -> str | None:
-        return self._lookup("worker", worker_id)
-
-    def get_job_id_for_task(self, task_id: str) -> str | None:
-        return self._lookup("task", task_id)
-
-    def register_task_mapping(self, task_id: str, job_id: str) -> None:
-        """Progress from Celery task ``task_id`` goes to ``job_id``."""
-        self._ensure_job(job_id)
-        self.store.set_mapping("task", task_id, job_id)
-        self._remember("task", task_id, job_id, time.monotonic())
-
-    def process_log_line(
-        self, line: str | bytes, job_id: str | None = None, worker_id: str | None = None
-    ) -> bool:
-        """Parse one log line and apply its progress; False when it has none or is refused."""
-        event = self.parser.parse_line(line)
-        if event is None:
-            return False
-        return self._apply_logged(event, job_id, worker_id).accepted
-
-    def process_log_lines(
-        self, lines: Iterable[str | bytes] | str, job_id: str | None = None,
-        worker_id: str | None = None,
-    ) -> int:
-        """Parse many lines (fast chunk path) and apply them; the number accepted."""
-        text = lines if isinstance(lines, str) else "\n".join(
-            (line.decode("utf-8", "replace") if isinstance(line, bytes) else line).rstrip("\n")
-            for line in lines
-        )
-        return sum(
-            self._apply_logged(event, job_id, worker_id).accepted
-            for event in self.parser.parse_chunk(text)
-        )
-
-    def process_remote_worker_progress(
-        self, worker_id: str, percentage: float, message: str | None = None
-    ) -> bool:
-        """Progress reported by a remote worker, for the job mapped to it."""
-        job_id = self.get_job_id_for_worker(worker_id)
-        if job_id is None:
-            self.stats.count("remote", "no_job")
-            log.warning("no job mapped to remote worker", worker_id=worker_id)
-            return False
-        event = self._event(percentage, message, source="remote", worker_id=worker_id)
-        return event is not None and self.apply(event, job_id).accepted
-
-    def process_celery_task_progress(
-        self, task_id: str, percentage: float, message: str | None = None,
-        user_id: str | None = None,
-    ) -> bool:
-        """Progress of a Celery task: its mapped job, else the job whose id is the task id."""
-        job_id = self._lookup("task", task_id)
-        if job_id is None:
-            job_id = task_id
-            if self.auto_create_jobs and user_id is not None:
-                self._ensure_job(job_id, user_id=user_id)
-        event = self._event(percentage, message, source="callback", task_id=task_id)
-        return event is not None and self.apply(event, job_id).accepted
 
     def create_job(self, **fields: Any) -> Job:
         """Create a job (``JobStore.create_job``'s fields) and tell the listeners ("created").
 
+        Without ``stages`` the job takes the plan registered for its ``job_type``
+        (``register_stage_plan``), if any.
+
         Jobs are created here rather than on the store, so that every change of a job,
         its birth included, reaches every listener (the API cache, the stream, the mirror).
         """
+        if fields.get("stages") is None:
+            fields["stages"] = get_stage_plan(fields.get("job_type"))
         job = self.store.create_job(**fields)
         for listener in self._listeners:
             self._call_listener(listener, "created", job)
@@ -278,10 +217,6 @@ class ProgressHandler:
         except JobNotFound:
             return None
 
-    def handle_job_error(self, job_id: str, error_message: str) -> bool:
-        """The job failed with ``error_message``; its percentage is kept."""
-        return self.handle_job_completion(job_id, False, error_message)
-
     def handle_job_cancellation(self, job_id: str, reason: str | None = None) -> bool:
         """The job was cancelled (revoked); its percentage is kept."""
         return self._finish(job_id, lambda job: rules.cancellation(job, reason), "cancellation")
@@ -309,33 +244,7 @@ class ProgressHandler:
                 log.debug("heartbeat not written", job_id=job_id, error=brief(error))
         return refreshed
 
-    def sync_job_with_logs(self, job_id: str, lines: Iterable[str | bytes]) -> bool:
-        """Apply the latest progress found in ``lines`` to the job, now."""
-        latest = self.parser.get_latest_progress(lines)
-        if latest is None:
-            return False
-        return self.apply(latest, job_id, immediate=True).accepted
-
     # -- internals -----------------------------------------------------------------------
-
-    def _apply_logged(
-        self, event: ProgressEvent, job_id: str | None, worker_id: str | None
-    ) -> ApplyResult:
-        if worker_id is not None and job_id is None:
-            job_id = self.get_job_id_for_worker(worker_id)
-            if job_id is None:
-                self.stats.count(event.source, "no_job")
-                return ApplyResult(False, "no_job")
-        return self.apply(event, job_id)
-
-    def _event(self, percentage: float, message: str | None, **fields: str) -> ProgressEvent | None:
-        try:
-            return ProgressEvent(percent=check_percent(percentage), message=message or "",
-                                 **fields)  # type: ignore[arg-type]
-        except InvalidProgress as error:
-            self.stats.count(fields.get("source", "api"), "rejected")
-            log.warning("progress rejected", error=str(error))
-            return None
 
     def _apply_now(self, job_id: str, event: ProgressEvent, create: bool) -> ApplyResult:
         if create:
@@ -394,7 +303,7 @@ class ProgressHandler:
             return  # e.g. a late event counted on an ended job: nothing to tell listeners
         if job.status.is_terminal:
             self._remember_ended(job_id)
-            self._forget_mappings(job_id)
+            self.mappings.forget_job(job_id)
         event_type = _EVENT_TYPES.get(job.status, "updated")
         for listener in self._listeners:
             self._call_listener(listener, event_type, job)
@@ -424,54 +333,6 @@ class ProgressHandler:
             if ended[first] > now and len(ended) <= ENDED_MEMORY_MAX:
                 break
             del ended[first]
-
-    def _forget_mappings(self, job_id: str) -> None:
-        try:
-            self.store.delete_mappings_for_job(job_id)
-        except RETRYABLE as error:
-            log.warning("could not remove mappings of an ended job", job_id=job_id,
-                        error=brief(error))
-        self._mappings.pop(("task", job_id), None)  # a plain .delay() task: its id is the job's
-        for key, (mapped, _) in list(self._mappings.items()):
-            if mapped == job_id:
-                self._mappings.pop(key, None)
-
-    def _mapped(self, event: ProgressEvent) -> str | None:
-        if event.worker_id is not None:
-            job_id = self._lookup("worker", event.worker_id)
-            if job_id is not None:
-                return job_id
-        if event.task_id is not None:
-            return self._lookup("task", event.task_id)
-        return None
-
-    def _lookup(self, kind: str, key: str) -> str | None:
-        """A persisted mapping, cached briefly so a log stream does not query per line."""
-        cached = self._mappings.get((kind, key))
-        now = time.monotonic()
-        if cached is not None and now - cached[1] < self._mapping_ttl:
-            return cached[0]
-        try:
-            job_id = self.store.get_mapping(kind, key)  # type: ignore[arg-type]
-        except RETRYABLE as error:
-            log.warning("mapping lookup failed", kind=kind, key=key, error=brief(error))
-            return cached[0] if cached is not None else None
-        self._remember(kind, key, job_id, now)
-        return job_id
-
-    def _remember(self, kind: str, key: str, job_id: str | None, now: float) -> None:
-        """Cache a lookup (a miss too: a plain task asks again on every line). An entry
-        older than the TTL is worth nothing, so the cache keeps only the fresh ones and
-        never more than MAPPING_CACHE_MAX: state for a task ends with the task."""
-        mappings = self._mappings
-        mappings.pop((kind, key), None)  # re-inserted last: the dict is oldest first
-        mappings[kind, key] = (job_id, now)
-        if len(mappings) > MAPPING_CACHE_MAX:
-            cutoff = now - self._mapping_ttl
-            for old_key in [k for k, (_, at) in mappings.items() if at < cutoff]:
-                del mappings[old_key]
-            while len(mappings) > MAPPING_CACHE_MAX // 2:
-                del mappings[next(iter(mappings))]
 
     def _ensure_job(self, job_id: str, **fields: str) -> None:
         try:

@@ -25,8 +25,8 @@ import structlog
 from morag_jobs import _config, rules, settings
 from morag_jobs.events import utc_now
 from morag_jobs.handler import ProgressHandler
-from morag_jobs.store import Job, JobStore
-from morag_jobs.store.reaping import awaiting_redelivery, reaper_lock
+from morag_jobs.store import Job
+from morag_jobs.store.reaping import awaiting_redelivery, reaper_lock, stale_jobs
 
 __all__ = ["DEFAULT_TIMEOUT", "Pass", "Reaper", "interval_for", "reap", "reap_pass"]
 
@@ -51,7 +51,7 @@ def interval_for(timeout: float) -> float:
 
 
 def reap_pass(
-    handler: ProgressHandler | JobStore, timeout: float, *,
+    handler: ProgressHandler, timeout: float, *,
     redelivery_timeout: float | None = None, now: datetime | None = None,
 ) -> Pass:
     """One pass, if no other process is running one (``redelivery_timeout`` defaults to
@@ -59,12 +59,11 @@ def reap_pass(
 
     Verdicts are written through ``handler`` (``handle_job_lost``), so its listeners see
     a reaped job as they see any other change: the webhook outbox queues a reaped job's
-    ``job.failed`` through its ordinary listener. Given a bare store, a handler is made
-    for the pass (with the outbox listener, as every handler has by default).
+    ``job.failed`` through its ordinary listener, attached where the handler was
+    assembled (``attach_outbox``).
     """
     waiting = _checked(timeout, redelivery_timeout)
     now = now or utc_now()
-    handler = handler if isinstance(handler, ProgressHandler) else ProgressHandler(handler)
     with reaper_lock(handler.store) as held:
         if not held:
             log.debug("reaper pass skipped: another process holds the lock")
@@ -74,7 +73,7 @@ def reap_pass(
 
 
 def reap(
-    handler: ProgressHandler | JobStore, timeout: float, *,
+    handler: ProgressHandler, timeout: float, *,
     redelivery_timeout: float | None = None, now: datetime | None = None,
 ) -> list[Job]:
     """One pass (see ``reap_pass``); the jobs it reaped, none when it was skipped."""
@@ -101,7 +100,7 @@ def _reap_silent(
             return None  # a heartbeat arrived since the query: still running
         return rules.worker_lost(job, timeout, redelivery_timeout=waiting, now=now)
 
-    return _apply(handler, handler.store.stale_jobs(cutoff), mutate)
+    return _apply(handler, stale_jobs(handler.store, cutoff), mutate)
 
 
 def _reap_undelivered(handler: ProgressHandler, now: datetime) -> list[Job]:
@@ -134,11 +133,13 @@ class Reaper:
     """
 
     def __init__(
-        self, handler: ProgressHandler | JobStore, timeout: float = DEFAULT_TIMEOUT, *,
+        self, handler: ProgressHandler, timeout: float = DEFAULT_TIMEOUT, *,
         redelivery_timeout: float | None = None, name: str = "morag-jobs-reaper",
     ) -> None:
-        self.handler = handler if isinstance(handler, ProgressHandler) else \
-            ProgressHandler(handler)
+        if not isinstance(handler, ProgressHandler):
+            raise TypeError("Reaper needs a ProgressHandler (its verdicts go through the "
+                            f"handler's listeners), not {type(handler).__name__}")
+        self.handler = handler
         self.store = self.handler.store
         self.timeout = timeout
         # Checked now: a bad timeout (or MORAG_REDELIVERY_TIMEOUT) stops the start, not

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -29,6 +29,9 @@ from morag_jobs.store.outbox import (
 )
 from morag_jobs.webhook_urls import check_url
 
+if TYPE_CHECKING:
+    from morag_jobs.handler import ProgressHandler
+
 __all__ = [
     "DELIVERY_STATUSES",
     "EVENT_TYPES",
@@ -36,6 +39,7 @@ __all__ = [
     "OutboxListener",
     "WebhookDelivery",
     "WebhookEndpoint",
+    "attach_outbox",
     "enqueue",
     "list_deliveries",
     "list_endpoints",
@@ -145,6 +149,18 @@ class OutboxListener:
 def outbox_listener(store: JobStore) -> OutboxListener:
     """The listener to attach: ``handler.add_listener(outbox_listener(handler.store))``."""
     return OutboxListener(store)
+
+
+def attach_outbox(handler: ProgressHandler) -> ProgressHandler:
+    """Queue the completion webhooks of every job ``handler`` ends; returns ``handler``.
+
+    Called where a handler is assembled (``install()``, ``create_app()``, the CLI), so
+    every process that ends jobs fills the durable outbox and whichever process runs a
+    ``WebhookDeliverer`` sends them. Attaching twice attaches once.
+    """
+    if not any(isinstance(listener, OutboxListener) for listener in handler.listeners):
+        handler.add_listener(OutboxListener(handler.store))
+    return handler
 
 
 def list_deliveries(

@@ -29,7 +29,7 @@ from morag_jobs.celery import (
     stage,
 )
 from morag_jobs.stages import StagePlan
-from morag_jobs.store import Job, JobEventRecord, JobStore
+from morag_jobs.store import HistoryEntry, Job, JobStore
 from tests import services
 
 BROKER_URL = os.environ.get("MORAG_TEST_CELERY_BROKER_URL", "redis://127.0.0.1:6379/14")
@@ -185,10 +185,10 @@ def wait_for_job(
     return job
 
 
-def history(store: JobStore, job_id: str, kind: str | None = None) -> list[JobEventRecord]:
-    return [e for e in store.get_events(job_id) if kind is None or e.kind == kind]
+def history(store: JobStore, job_id: str, kind: str | None = None) -> list[HistoryEntry]:
+    return [e for e in store.history(job_id) if kind is None or e.kind == kind]
 
 
-def describe(events: list[JobEventRecord]) -> list[tuple[str, Any, str | None]]:
+def describe(events: list[HistoryEntry]) -> list[tuple[str, Any, str | None]]:
     """A readable history for assertion messages."""
     return [(e.kind, e.percentage, e.message) for e in events]

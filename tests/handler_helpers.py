@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 from morag_jobs.events import ProgressEvent
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.stages import StagePlan
-from morag_jobs.store import JobEventRecord, JobStore
+from morag_jobs.store import HistoryEntry, JobStore
 
 PLAN = StagePlan({"download": (0, 10), "processing": (10, 70), "indexing": (70, 100)})
 
@@ -22,9 +22,21 @@ COMPLETER = 1  # the process that completes the job ...
 COMPLETE_AFTER = 30  # ... after this many of its events
 
 
-def progress_history(store: JobStore, job_id: str) -> list[JobEventRecord]:
+_HANDLERS: dict[int, ProgressHandler] = {}
+
+
+def handler_of(store: JobStore) -> ProgressHandler:
+    """The handler that reaper passes on ``store`` write through (one per store, as a
+    process has one)."""
+    handler = _HANDLERS.get(id(store))
+    if handler is None or handler.store is not store:
+        handler = _HANDLERS[id(store)] = ProgressHandler(store, auto_create_jobs=False)
+    return handler
+
+
+def progress_history(store: JobStore, job_id: str) -> list[HistoryEntry]:
     """The job's history rows written for progress (not completion, retry ...)."""
-    return [event for event in store.get_events(job_id) if event.kind == "progress"]
+    return [event for event in store.history(job_id) if event.kind == "progress"]
 
 
 @dataclass

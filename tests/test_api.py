@@ -50,7 +50,7 @@ def test_progress_is_queued_then_written_through_the_handler(api: Api, admin: st
     written = api.settled(job.id)
     assert (written.percentage, written.summary, written.status) == (
         42.5, "transcribing", JobStatus.PROCESSING), "the report should land on the job"
-    assert [e.source for e in api.store.get_events(job.id)] == ["remote"], (
+    assert [e.source for e in api.store.history(job.id)] == ["remote"], (
         "the history should record the update as coming from a remote worker")
     assert api.handler.stats.by_source["remote", "applied"] == 1, "the handler counts it"
 
@@ -103,7 +103,7 @@ def test_a_retried_report_with_the_same_timestamp_changes_nothing(api: Api, admi
     retry = api.progress(job.id, admin, wait=True, percentage=60, at=7)
     assert retry.status_code == 200 and retry.json()["outcome"] == "duplicate", retry.text
     assert api.store.require_job(job.id) == before, "no new write, no new history row"
-    assert len(api.store.get_events(job.id)) == 1
+    assert len(api.store.history(job.id)) == 1
 
 
 INVALID_REPORTS = [
@@ -200,7 +200,7 @@ def _ended_elsewhere(api: Api, admin: str) -> None:
     job = api.job()
     assert api.progress(job.id, admin, wait=True).status_code == 200  # cached as running
     elsewhere = ProgressHandler(store=api.store)  # another process's handler
-    assert elsewhere.handle_job_error(job.id, "killed elsewhere")
+    assert elsewhere.handle_job_completion(job.id, False, "killed elsewhere")
     time.sleep(0.3)  # the job snapshot behind the checks is at most cache_ttl old
     response = api.progress(job.id, admin, percentage=90, at=5)
     assert response.status_code == 409, response.text
@@ -298,7 +298,7 @@ def test_a_worker_key_reports_only_on_jobs_assigned_or_mapped_to_it(api: Api) ->
     worker = api.key("worker", "gpu-01")
     assigned = api.job(worker_id="gpu-01")
     mapped = api.job()
-    api.handler.register_job_mapping("gpu-01", mapped.id)
+    api.handler.mappings.bind("worker", "gpu-01", mapped.id)
     other = api.job(worker_id="gpu-02")
     assert api.progress(assigned.id, worker).status_code == 202, "assigned: jobs.worker_id"
     assert api.progress(mapped.id, worker).status_code == 202, "mapped: job_mappings"

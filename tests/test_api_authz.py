@@ -14,7 +14,7 @@ import pytest
 from api_helpers import Api, body, running_api
 from sqlalchemy import event
 
-from morag_jobs.store import JobStatus, JobStore
+from morag_jobs.store import JobStatus, JobStore, MappingStore
 
 ROUTES = ("progress", "complete", "get", "events", "stream")
 KEYS = ("none", "invalid", "admin", "user", "worker")
@@ -120,10 +120,10 @@ def test_the_key_comes_before_the_body_on_every_reporting_route(api: Api) -> Non
 def test_a_mapped_worker_may_retry_its_completion_after_the_job_ended(api: Api) -> None:
     worker = api.key("worker", "gpu-01")
     job = api.job(name="mapped")
-    api.handler.register_job_mapping("gpu-01", job.id)
+    api.handler.mappings.bind("worker", "gpu-01", job.id)
     first = api.complete(job.id, worker, success=True, result={"words": 3})
     assert first.status_code == 200 and first.json()["status"] == "FINISHED"
-    assert api.store.get_mapping("worker", "gpu-01") is None, "the mapping ends with the job"
+    assert MappingStore(api.store).get("worker", "gpu-01") is None, "the mapping ends with the job"
     retry = api.complete(job.id, worker, success=True, result={"words": 3})
     assert retry.status_code == 200, f"the lost answer's retry finds its job: {retry.text}"
     assert retry.json()["worker_id"] == "gpu-01", "the completing worker is on the record"
@@ -137,7 +137,7 @@ def test_a_job_mapped_by_another_process_is_reportable_at_once(api: Api) -> None
     assert api.progress(job.id, worker).status_code == 404, "not mapped yet"
     elsewhere = JobStore(str(api.store.engine.url.render_as_string(hide_password=False)))
     try:
-        elsewhere.set_mapping("worker", "gpu-01", job.id)  # e.g. the process that submits
+        MappingStore(elsewhere).set("worker", "gpu-01", job.id)  # e.g. the process that submits
     finally:
         elsewhere.close()
     response = api.progress(job.id, worker, at=1)

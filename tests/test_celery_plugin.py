@@ -122,7 +122,7 @@ def test_submit_creates_a_pending_job_before_any_worker_runs_it(
     assert row.started_at is None
     assert (row.name, row.user_id, row.metadata["task_name"]) == (
         "nightly import", "u1", "morag_test.count_up")
-    assert tasks.runtime.handler.get_job_id_for_task(row.metadata["task_id"]) == job.id, (
+    assert tasks.runtime.handler.mappings.lookup("task", row.metadata["task_id"]) == job.id, (
         "expected the task id to be mapped to the job id")
 
 

@@ -27,6 +27,7 @@ import pytest
 import redis
 from celery import Task
 from celery.result import AsyncResult
+from handler_helpers import handler_of
 
 from morag_jobs.celery import Runtime, RuntimeConfig, report_progress, submit
 from morag_jobs.reaper import reap
@@ -42,6 +43,8 @@ REPO = Path(__file__).resolve().parent.parent
 HEARTBEAT = 0.5
 REAP_TIMEOUT = 2.0
 MODULE = "tests.test_celery_worker_process"
+
+
 
 
 def _crawl_once(marker: str) -> int:
@@ -186,7 +189,7 @@ def run_until_killed(task: Task, worker: WorkerProcess, store: JobStore, job_db:
     """Submit ``task``, let it report and go silent, then SIGKILL the worker; the job then."""
     alive = run_until_silent(task, (300, 0.1), worker, store, job_db)
     worker.kill()
-    assert reap(store, REAP_TIMEOUT) == [], (
+    assert reap(handler_of(store), REAP_TIMEOUT) == [], (
         "expected nothing reaped while the last heartbeat is younger than the timeout")
     return alive
 
@@ -194,7 +197,7 @@ def run_until_killed(task: Task, worker: WorkerProcess, store: JobStore, job_db:
 def reaped(store: JobStore, job_id: str, timeout: float = 10.0) -> Job:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for job in reap(store, REAP_TIMEOUT):
+        for job in reap(handler_of(store), REAP_TIMEOUT):
             if job.id == job_id:
                 return job
         time.sleep(0.2)

@@ -11,7 +11,8 @@ from datetime import timedelta
 
 import pytest
 
-from morag_jobs import JobStatus, JobStore, ProgressHandler, StagePlan
+from morag_jobs import JobStatus, JobStore, StagePlan
+from morag_jobs.compat import ProgressHandler
 from morag_jobs.events import utc_now
 
 
@@ -66,7 +67,7 @@ def test_status_watch_redraws_until_the_job_ends_and_exits_by_outcome(
 ) -> None:
     job_id = _running_job(store)
     handler = ProgressHandler(store=store)
-    handler.handle_job_error(job_id, "ValueError: bad input")
+    handler.handle_job_completion(job_id, False, "ValueError: bad input")
     handler.close()
     result = run("status", job_id, "--watch", "--interval", "0.2", "--json",
                  "--database", database_url)

@@ -25,7 +25,7 @@ from morag_jobs.api.schemas import HIDDEN_JOB_FIELDS, EventOut, JobOut, Progress
 from morag_jobs.events import check_percent
 from morag_jobs.rules import judge, staleness
 from morag_jobs.stages import StagePlan
-from morag_jobs.store import Job, JobEventRecord, JobStatus, JobStore
+from morag_jobs.store import HistoryEntry, Job, JobStatus, JobStore
 from morag_jobs.store.models import JobEventRow, JobRow
 from morag_jobs.store.reads import JobCheck
 from morag_jobs.store.records import EVENT_FIELDS, JOB_FIELDS
@@ -51,7 +51,7 @@ class TestJobFields:
     def test_the_api_shows_every_field_of_a_history_event(self) -> None:
         shown, expected = set(EventOut.model_fields), set(EVENT_FIELDS)
         assert shown == expected, (
-            f"EventOut must mirror JobEventRecord: {_differ(shown, expected)}")
+            f"EventOut must mirror HistoryEntry: {_differ(shown, expected)}")
 
     def test_the_job_table_has_a_column_for_every_field(self) -> None:
         columns = {column.name for column in JobRow.__table__.columns}
@@ -62,7 +62,7 @@ class TestJobFields:
         columns = {column.name for column in JobEventRow.__table__.columns}
         expected = set(EVENT_FIELDS)
         assert columns == expected, (
-            f"JobEventRow must mirror JobEventRecord: {_differ(columns, expected)}")
+            f"JobEventRow must mirror HistoryEntry: {_differ(columns, expected)}")
 
     def test_every_value_of_a_job_reaches_the_api_unchanged(self) -> None:
         job = Job(
@@ -91,10 +91,10 @@ class TestJobFields:
             "stage_percent": 20.0, "current": 1, "total": 2, "message": "m",
             "status": JobStatus.FINISHED, "source": "remote", "kind": "completion",
         }
-        for field in fields(JobEventRecord):
+        for field in fields(HistoryEntry):
             if field.name not in values:  # fields added later: a value of their own type
                 values[field.name] = T0 if "datetime" in str(field.type) else "x"
-        shown = EventOut.of(JobEventRecord(**values)).model_dump()
+        shown = EventOut.of(HistoryEntry(**values)).model_dump()
         assert shown == values, "every field of a history event reaches EventOut as it was"
 
 

@@ -24,7 +24,7 @@ def _demo(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
 
 
 def _no_worker_left() -> bool:
-    found = subprocess.run(["pgrep", "-f", "celery -A morag_jobs.demo worker"],
+    found = subprocess.run(["pgrep", "-f", "celery -A morag_jobs.demo.tasks worker"],
                            capture_output=True, text=True, check=False)
     return found.stdout.strip() == ""
 
@@ -46,7 +46,7 @@ def _assert_every_source_moved_its_job(store: JobStore) -> None:
     jobs = store.list_jobs(limit=10)
     assert len(jobs) == 4
     for job in jobs:
-        steps = [e.percentage for e in store.get_events(job.id)
+        steps = [e.percentage for e in store.history(job.id)
                  if e.kind == "progress" and e.percentage is not None]
         assert any(0 < p < 100 for p in steps), (
             f"job {job.name!r} showed no progress of its own before completing: {steps}")

@@ -311,7 +311,7 @@ class TestWhichJob:
         with JobStore(database_url, create_tables=True) as store:
             job = store.create_job()
             handler = ProgressHandler(store=store, interval=0.05, auto_create_jobs=False)
-            handler.register_job_mapping("worker-7", job.id)
+            handler.mappings.bind("worker", "worker-7", job.id)
             log_path.write_text(line(1, 4) + line(3, 4))
             with LogFollower(log_path, handler=handler, worker_id="worker-7",
                              from_start=True) as follower:
@@ -326,7 +326,7 @@ class TestWhichJob:
         with JobStore(database_url, create_tables=True) as store:
             job = store.create_job()
             handler = ProgressHandler(store=store, interval=0.05, auto_create_jobs=False)
-            handler.register_task_mapping(TASK_ID, job.id)
+            handler.mappings.bind("task", TASK_ID, job.id)
             log_path.write_text(
                 celery_line(TASK_ID, "Processing file 2 of 4")
                 + celery_line(OTHER_TASK_ID, "Processing file 3 of 4")
@@ -367,7 +367,7 @@ class TestWhichJob:
     ) -> None:
         """A JSON job_id or a Celery prefix forged in a logged value moves nothing."""
         victim = store.create_job()
-        handler.register_task_mapping(TASK_ID, victim.id)
+        handler.mappings.bind("task", TASK_ID, victim.id)
         log_path.write_text(
             json.dumps({"job_id": victim.id, "progress": 0.99}) + "\n"
             + "user said: \n" + celery_line(TASK_ID, "Processing file 4 of 4")

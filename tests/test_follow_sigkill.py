@@ -33,8 +33,7 @@ from morag_jobs.follow import LogFollower
 from morag_jobs.handler import ProgressHandler
 
 url, log, checkpoint, die_after = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-handler = ProgressHandler(database_url=url, interval=0.05, auto_create_jobs=False,
-                          webhooks=False)
+handler = ProgressHandler(database_url=url, interval=0.05, auto_create_jobs=False)
 writes = 0
 
 def die(kind, job):

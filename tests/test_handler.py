@@ -30,9 +30,10 @@ from handler_helpers import (
 from structlog.testing import capture_logs
 
 from morag_jobs import InvalidProgress, ProgressEvent
-from morag_jobs.handler import MAPPING_CACHE_MAX, ProgressHandler
+from morag_jobs.compat import ProgressHandler
+from morag_jobs.mappings import CACHE_MAX as MAPPING_CACHE_MAX
 from morag_jobs.stages import clear_stage_plans
-from morag_jobs.store import Job, JobStatus, JobStore
+from morag_jobs.store import Job, JobStatus, JobStore, MappingStore
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -91,7 +92,7 @@ def other_handler(url: str, **options: Any) -> Iterator[ProgressHandler]:
 
 
 def messages(store: JobStore, job_id: str) -> list[str | None]:
-    return [event.message for event in store.get_events(job_id)]
+    return [event.message for event in store.history(job_id)]
 
 
 # -- stage mapping -----------------------------------------------------------------------
@@ -273,7 +274,7 @@ def test_completion_finishes_the_job_at_100_percent(
     assert job.percentage == 100.0 and job.finished_at is not None
     assert job.summary == "all done" and job.error is None
     assert job.stage == "indexing", "a finished job with a plan ends in its last stage"
-    assert store.get_events("done")[-1].kind == "completion"
+    assert store.history("done")[-1].kind == "completion"
 
 
 def test_an_error_fails_the_job_and_keeps_the_percentage_reached(
@@ -437,7 +438,7 @@ def test_only_a_retry_with_reset_lowers_the_percentage(
     assert (job.percentage, job.stage) == (1.0, "download"), (
         "after a reset, earlier stages and timestamps apply again"
     )
-    assert [e.kind for e in store.get_events("again")] == [
+    assert [e.kind for e in store.history("again")] == [
         "progress",
         "retry",
         "retry",
@@ -462,7 +463,7 @@ def test_a_burst_of_events_becomes_a_few_writes_and_the_latest_wins(
     elapsed = time.monotonic() - began
 
     job = store.require_job("burst")
-    history = store.get_events("burst")
+    history = store.history("burst")
     bound = int(elapsed // interval) + 2  # one per interval, the first at once, the flush
     assert 2 <= job.version <= bound, (
         f"1000 events in {elapsed:.2f}s at interval {interval}s: expected 2..{bound} writes, "
@@ -490,7 +491,7 @@ def test_completion_is_written_at_once_and_seen_by_another_store(
         with JobStore(database_url) as elsewhere:
             job = elsewhere.require_job("now")
             assert job.status is JobStatus.FINISHED, "visible to another store without a flush"
-            events = elsewhere.get_events("now")
+            events = elsewhere.history("now")
     assert [e.kind for e in events][-1] == "completion"
     assert events[-2].message == "step 30" and events[-2].percentage == 30.0, (
         "the pending progress was written just before the completion"
@@ -513,7 +514,7 @@ def test_close_writes_what_is_pending(store: JobStore) -> None:
 EXIT_SCRIPT = """
 import sys
 from morag_jobs import ProgressEvent
-from morag_jobs.handler import ProgressHandler
+from morag_jobs.compat import ProgressHandler
 
 url, job_id = sys.argv[1], sys.argv[2]
 handler = ProgressHandler(database_url=url, interval=60)
@@ -569,7 +570,7 @@ def test_a_worker_mapping_is_persisted_for_other_handlers(
     database_url: str, store: JobStore, handler: ProgressHandler
 ) -> None:
     handler.register_job_mapping("gpu-7", "mapped-job")
-    assert store.get_mapping("worker", "gpu-7") == "mapped-job", "stored in job_mappings"
+    assert MappingStore(store).get("worker", "gpu-7") == "mapped-job", "stored in job_mappings"
     with other_handler(database_url) as other:
         assert other.get_job_id_for_worker("gpu-7") == "mapped-job", "another process sees it"
         assert other.process_remote_worker_progress("gpu-7", 25.0, "from elsewhere")
@@ -596,7 +597,7 @@ def test_mappings_are_removed_when_the_job_completes(
     handler.register_task_mapping("task-9", "finishing")
     handler.register_job_mapping("gpu-10", "other-job")
     handler.handle_job_completion("finishing", True)
-    assert store.list_mappings() == {("worker", "gpu-10"): "other-job"}, (
+    assert MappingStore(store).items() == {("worker", "gpu-10"): "other-job"}, (
         "the ended job's worker and task mappings are gone, others stay"
     )
     assert handler.get_job_id_for_worker("gpu-9") is None
@@ -836,7 +837,7 @@ def test_many_processes_with_their_own_handlers_end_the_job_once(database_url: s
 
     with JobStore(database_url) as store:
         job = store.require_job(job_id)
-        history = store.get_events(job_id)
+        history = store.history(job_id)
     assert (job.status, job.percentage, job.summary) == (JobStatus.FINISHED, 100.0, "done"), (
         "FINISHED at 100% and nothing after the completion changed the row's state"
     )
@@ -920,7 +921,7 @@ def test_task_lookups_are_not_kept_forever(handler: ProgressHandler, store: JobS
     and a task's entry goes when its job ends."""
     for i in range(MAPPING_CACHE_MAX + 200):
         handler.apply(ProgressEvent(percent=1.0, task_id=f"plain-{i}"))
-    cached = handler._mappings  # the handler's private cache: its size is the point here
+    cached = handler.mappings._cache  # the mappings' private cache: its size is the point here
     assert len(cached) <= MAPPING_CACHE_MAX, f"{len(cached)} lookups kept"
     store.create_job(job_id="plain-done")
     handler.apply(ProgressEvent(percent=5.0, task_id="plain-done"))

@@ -19,7 +19,7 @@ from handler_helpers import progress_history
 from sqlalchemy.pool import NullPool
 
 from morag_jobs import ProgressEvent
-from morag_jobs.handler import ProgressHandler
+from morag_jobs.compat import ProgressHandler
 from morag_jobs.store import JobStatus, JobStore
 from tests.services import admin_engine, create_database, drop_database
 
@@ -130,7 +130,7 @@ def test_killed_connections_lose_no_progress_and_no_completion(fault_db: FaultDa
     assert completed is True, "the completion was retried until it landed"
     with JobStore(fault_db.url) as store:
         job = store.require_job("killed")
-        history = store.get_events("killed")
+        history = store.history("killed")
     assert (job.status, job.percentage, job.summary) == (
         JobStatus.FINISHED,
         100.0,
@@ -178,7 +178,7 @@ def test_an_outage_queues_progress_and_the_completion_until_the_database_returns
     with JobStore(fault_db.url) as store:
         job = store.require_job("outage")
         progress = progress_history(store, "outage")
-        kinds = [e.kind for e in store.get_events("outage")]
+        kinds = [e.kind for e in store.history("outage")]
     assert (job.status, job.percentage, job.summary) == (
         JobStatus.FINISHED,
         100.0,
@@ -204,7 +204,7 @@ def test_progress_reported_after_a_queued_completion_is_not_applied(
 
     with JobStore(fault_db.url) as store:
         job = store.require_job("late")
-        history = store.get_events("late")
+        history = store.history("late")
     assert job.status is JobStatus.FAILED
     assert [(e.kind, e.message) for e in history] == [
         ("progress", "before"),
@@ -218,7 +218,7 @@ def test_no_reporting_call_raises_while_the_database_is_down(fault_db: FaultData
         store.create_job(job_id="down")
     raised: dict[str, str] = {}
     with opened_handler(fault_db.url, interval=0.05, sync_timeout=0.5, mapping_ttl=0) as handler:
-        handler.register_job_mapping("gpu-down", "down")
+        handler.mappings.bind("worker", "gpu-down", "down")
         calls: dict[str, Callable[[], object]] = {
             "process_log_line": lambda: handler.process_log_line(
                 "Processing... 10%", job_id="down"
@@ -288,7 +288,7 @@ def test_a_completion_never_overtakes_progress_whose_write_failed(
     assert completed is True
     with JobStore(fault_db.url) as store:
         job = store.require_job("order")
-        history = [(e.kind, e.message, e.percentage) for e in store.get_events("order")]
+        history = [(e.kind, e.message, e.percentage) for e in store.history("order")]
     assert history == [
         ("progress", "step 1", 10.0),
         ("progress", "step 2", 20.0),

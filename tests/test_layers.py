@@ -80,7 +80,7 @@ def test_the_store_does_not_import_the_layers_above_it() -> None:
 
 @pytest.mark.parametrize("forbidden", [
     ("morag_jobs.store", "sqlalchemy"),
-    ("morag_jobs.handler", "morag_jobs.writer", "morag_jobs.rules"),
+    ("morag_jobs.handler", "morag_jobs._writer", "morag_jobs.rules"),
     ("morag_jobs.celery", "celery", "kombu"),
     ("morag_jobs.api", "fastapi", "starlette", "uvicorn", "httpx"),
 ], ids=["store", "handler", "celery", "web"])
@@ -99,3 +99,72 @@ def test_the_in_task_layer_does_not_import_celery() -> None:
     assert len(in_task) >= 5, f"expected morag_jobs/task/ to be read, found {in_task}"
     assert not _offenders(in_task, ("celery", "kombu", "morag_jobs.celery")), (
         "morag_jobs/task/ is for any task framework: Celery belongs in morag_jobs/celery/")
+
+
+CORE = ("handler", "_writer", "rules", "reaper", "mappings", "outcomes")
+"""The core: turns events into job state. It sits on the store and knows nothing above."""
+
+
+def _targets(path: Path) -> Iterator[str]:
+    """Like ``_imports``, but ``from package import submodule`` names the submodule, and
+    imports only a type checker runs (``if TYPE_CHECKING:``) are left out."""
+    module = _module(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only = {
+        id(inner) for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+        for inner in ast.walk(node)
+    }
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - node.level + 1]
+                base = ".".join([*parts, node.module] if node.module else parts)
+            for alias in node.names:
+                yield f"{base}.{alias.name}" if f"{base}.{alias.name}" in GRAPH else base
+
+
+def test_the_core_imports_nothing_above_it() -> None:
+    core = [f"morag_jobs.{name}" for name in CORE]
+    assert all(module in GRAPH for module in core), core
+    above = tuple(f"morag_jobs.{name}" for name in (
+        "parser", "packs", "recognise", "celery", "task", "api", "cli", "compat", "demo",
+        "follow", "tailing", "webhooks", "webhook_outbox", "webhook_delivery"))
+    assert not _offenders(core, above), (
+        "the core takes events and writes jobs: parsing, adapters and listeners are above it")
+
+
+def test_only_the_layers_above_the_core_use_the_seed_names() -> None:
+    users = sorted(m for m, names in GRAPH.items() if "morag_jobs.compat" in names)
+    assert all(not m.startswith(tuple(f"morag_jobs.{n}" for n in CORE)) for m in users), users
+
+
+def test_the_package_imports_have_no_cycle() -> None:
+    """Module-level and lazy imports alike (the lazy top-level ``morag_jobs`` aside)."""
+    edges = {
+        _module(path): {t for t in _targets(path) if t in GRAPH and t != "morag_jobs"}
+        for path in PACKAGE.rglob("*.py")
+    }
+    seen: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        seen[module] = 1
+        for target in sorted(edges.get(module, ())):
+            if seen.get(target) == 1:
+                cycles.append([*path[path.index(target):], target])
+            elif target not in seen:
+                visit(target, [*path, target])
+        seen[module] = 2
+
+    for module in sorted(edges):
+        if module not in seen:
+            visit(module, [module])
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)

@@ -8,6 +8,8 @@ driven for real, on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -18,7 +20,7 @@ from morag_jobs.events import utc_now
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.reaper import reap_pass
 from morag_jobs.store import Job, JobStatus, JobStore
-from morag_jobs.webhooks import list_deliveries
+from morag_jobs.webhooks import attach_outbox, list_deliveries
 
 
 class Heard:
@@ -41,7 +43,7 @@ def store(database_url: str) -> Iterator[JobStore]:
 
 
 def test_a_reaped_job_reaches_every_listener(store: JobStore) -> None:
-    handler, heard = ProgressHandler(store), Heard()
+    handler, heard = attach_outbox(ProgressHandler(store)), Heard()
     handler.add_listener(heard)
     job = handler.create_job(name="silent", webhook_url="https://example.com/hook")
     handler.handle_job_start(job.id, worker="w1")
@@ -54,12 +56,37 @@ def test_a_reaped_job_reaches_every_listener(store: JobStore) -> None:
     handler.close()
 
 
-def test_a_reap_pass_on_a_bare_store_still_queues_the_webhook(store: JobStore) -> None:
-    """`morag-jobs reap` passes a store: a handler is made for the pass, outbox included."""
+def test_a_handler_has_no_listener_its_assembly_did_not_attach(store: JobStore) -> None:
+    """Listeners are attached where the app is assembled, not inside the handler."""
+    handler = ProgressHandler(store)
+    assert handler.listeners == ()
+    assert attach_outbox(attach_outbox(handler)) is handler
+    assert [type(listener).__name__ for listener in handler.listeners] == ["OutboxListener"], (
+        "attached once, however often it is asked")
+    handler.close()
+
+
+@pytest.mark.parametrize("command", [
+    ["reap", "--timeout", "60"],
+    ["cancel", "{job}"],
+])
+def test_every_cli_assembly_queues_the_webhook_of_a_job_it_ends(
+    store: JobStore, database_url: str, command: list[str]
+) -> None:
+    """`morag-jobs reap` and `morag-jobs cancel` end jobs in their own process: their
+    handler is assembled with the outbox, so the job's webhook is queued."""
     job = store.create_job(name="silent", webhook_url="https://example.com/hook")
     ProgressHandler(store).handle_job_start(job.id, worker="w1")
-    reap_pass(store, 60.0, now=utc_now() + timedelta(seconds=600))
-    assert [d.event_type for d in list_deliveries(store, job.id)] == ["failed"]
+    old = utc_now() - timedelta(minutes=10)
+    store.update_job(job.id, lambda j: ({"heartbeat_at": old, "last_progress_at": old}, None))
+    args = [part.format(job=job.id) for part in command]
+    done = subprocess.run([sys.executable, "-m", "morag_jobs", *args, "--database", database_url],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    ended = store.require_job(job.id).status
+    assert ended in (JobStatus.FAILED, JobStatus.CANCELLED)
+    expected = "failed" if ended is JobStatus.FAILED else "cancelled"
+    assert [d.event_type for d in list_deliveries(store, job.id)] == [expected]
 
 
 def test_an_api_completion_reaches_every_listener_in_one_write(database_url: str) -> None:
@@ -68,7 +95,7 @@ def test_an_api_completion_reaches_every_listener_in_one_write(database_url: str
         api.handler.add_listener(heard)
         worker = api.key("worker", "gpu-01")
         job = api.job(name="remote")
-        api.handler.register_job_mapping("gpu-01", job.id)
+        api.handler.mappings.bind("worker", "gpu-01", job.id)
         response = api.complete(job.id, worker, success=True, result={"words": 3})
         assert response.status_code == 200, response.text
         assert heard.of(job.id) == [("completed", JobStatus.FINISHED)], (

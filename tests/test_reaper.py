@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
+from handler_helpers import handler_of
 
 from morag_jobs import rules
 from morag_jobs.events import utc_now
@@ -31,6 +32,8 @@ from tests.services import fresh_postgres_schema
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 120.0
 WAIT = 600.0  # the redelivery timeout of these tests
+
+
 
 
 @pytest.fixture
@@ -56,13 +59,13 @@ def requeued(store: JobStore) -> tuple[Job, datetime]:
     """A silent job whose task will come back, sent to PENDING by a pass; the pass's time."""
     job = silent_job(store, redelivery_expected=True)
     now = utc_now()
-    [waiting] = reap(store, TIMEOUT, redelivery_timeout=WAIT, now=now)
+    [waiting] = reap(handler_of(store), TIMEOUT, redelivery_timeout=WAIT, now=now)
     assert waiting.id == job.id and waiting.status is JobStatus.PENDING, waiting
     return waiting, now
 
 
 def history(store: JobStore, job_id: str) -> list[tuple[str, str, str | None]]:
-    return [(e.source, e.kind, e.message) for e in store.get_events(job_id)]
+    return [(e.source, e.kind, e.message) for e in store.history(job_id)]
 
 
 class TestWhoIsReaped:
@@ -70,7 +73,7 @@ class TestWhoIsReaped:
         self, store: JobStore
     ) -> None:
         job = silent_job(store, redelivery_expected=False)
-        [reaped] = reap(store, TIMEOUT, redelivery_timeout=WAIT)
+        [reaped] = reap(handler_of(store), TIMEOUT, redelivery_timeout=WAIT)
         assert reaped.id == job.id and reaped.status is JobStatus.FAILED, reaped
         assert reaped.error == "worker lost: no heartbeat for 120s"
         assert reaped.percentage == 5.0, "expected FAILED to keep the percentage reached"
@@ -82,7 +85,7 @@ class TestWhoIsReaped:
         reject_on_worker_lost is on: the old ``acks_late`` mark promises no redelivery."""
         job = silent_job(store, redelivery_expected=False)
         store.update_job(job.id, lambda j: ({"metadata": {**j.metadata, "acks_late": True}}, None))
-        [reaped] = reap(store, TIMEOUT, redelivery_timeout=WAIT)
+        [reaped] = reap(handler_of(store), TIMEOUT, redelivery_timeout=WAIT)
         assert reaped.status is JobStatus.FAILED, f"expected FAILED, got {reaped.status}"
 
     def test_a_silent_job_whose_task_will_come_back_waits_pending_with_a_deadline(
@@ -90,7 +93,7 @@ class TestWhoIsReaped:
     ) -> None:
         job = silent_job(store, redelivery_expected=True)
         now = utc_now()
-        [reaped] = reap(store, TIMEOUT, redelivery_timeout=WAIT, now=now)
+        [reaped] = reap(handler_of(store), TIMEOUT, redelivery_timeout=WAIT, now=now)
         assert reaped.status is JobStatus.PENDING, f"expected PENDING, got {reaped.status}"
         assert reaped.error is None and reaped.finished_at is None
         assert "waiting for redelivery (up to 600s)" in reaped.summary, reaped.summary
@@ -100,7 +103,7 @@ class TestWhoIsReaped:
 
     def test_a_job_with_a_fresh_heartbeat_is_left_running(self, store: JobStore) -> None:
         silent_job(store, redelivery_expected=False, silent_for=5)
-        assert reap(store, TIMEOUT, redelivery_timeout=WAIT) == []
+        assert reap(handler_of(store), TIMEOUT, redelivery_timeout=WAIT) == []
 
 
 class TestAwaitingRedelivery:
@@ -113,7 +116,7 @@ class TestAwaitingRedelivery:
             {"percentage": 40.0, "summary": "worker lost: ...; waiting for redelivery",
              "metadata": {"redelivery_expected": True, "redelivery_deadline": past,
                           "redelivery_timeout": 600}}, None))
-        [reaped] = reap(store, TIMEOUT, redelivery_timeout=WAIT)
+        [reaped] = reap(handler_of(store), TIMEOUT, redelivery_timeout=WAIT)
         assert reaped.status is JobStatus.FAILED, f"expected FAILED, got {reaped.status}"
         assert reaped.error == "worker lost; not redelivered within 600s", reaped.error
         assert reaped.percentage == 40.0 and reaped.finished_at is not None
@@ -122,14 +125,14 @@ class TestAwaitingRedelivery:
     def test_a_job_pending_before_its_deadline_is_left_waiting(self, store: JobStore) -> None:
         job, now = requeued(store)
         later = now + timedelta(seconds=WAIT - 1)
-        assert reap(store, TIMEOUT, redelivery_timeout=WAIT, now=later) == []
+        assert reap(handler_of(store), TIMEOUT, redelivery_timeout=WAIT, now=later) == []
         assert store.require_job(job.id).status is JobStatus.PENDING
 
     def test_a_pass_after_the_deadline_fails_the_job_the_reaper_requeued(
         self, store: JobStore
     ) -> None:
         job, now = requeued(store)
-        [reaped] = reap(store, TIMEOUT, now=now + timedelta(seconds=WAIT))
+        [reaped] = reap(handler_of(store), TIMEOUT, now=now + timedelta(seconds=WAIT))
         assert (reaped.id, reaped.status) == (job.id, JobStatus.FAILED)
         assert reaped.error == "worker lost; not redelivered within 600s"
 
@@ -143,18 +146,19 @@ class TestAwaitingRedelivery:
         assert resumed.summary == "redelivered on w2@host" and resumed.percentage == 5.0
         assert history(store, job.id)[-1] == ("lifecycle", "start", "redelivered on w2@host")
         after = now + timedelta(seconds=WAIT + 1)
-        assert reap(store, TIMEOUT * 100, now=after) == [], "expected the running job left alone"
+        assert reap(handler_of(store), TIMEOUT * 100, now=after) == [], (
+            "expected the running job left alone")
 
     def test_the_redelivery_timeout_defaults_to_morag_redelivery_timeout(
         self, store: JobStore, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setenv("MORAG_REDELIVERY_TIMEOUT", "30")
         silent_job(store, redelivery_expected=True)
-        [reaped] = reap(store, TIMEOUT)
+        [reaped] = reap(handler_of(store), TIMEOUT)
         assert reaped.metadata["redelivery_timeout"] == 30.0, reaped.metadata
         monkeypatch.setenv("MORAG_REDELIVERY_TIMEOUT", "soon")
         with pytest.raises(ValueError, match="MORAG_REDELIVERY_TIMEOUT='soon' is not a positive"):
-            Reaper(store, TIMEOUT)
+            Reaper(handler_of(store), TIMEOUT)
 
 
 class TestOnePassAtATime:
@@ -162,7 +166,7 @@ class TestOnePassAtATime:
         self, store: JobStore, database_url: str
     ) -> None:
         job = silent_job(store, redelivery_expected=False)
-        reaper = Reaper(store, TIMEOUT, redelivery_timeout=WAIT)
+        reaper = Reaper(handler_of(store), TIMEOUT, redelivery_timeout=WAIT)
         with holding_the_lock(database_url) as holder:
             skipped = reaper.run_once()
             assert not skipped.ran and skipped.reaped == [], skipped
@@ -181,7 +185,7 @@ class TestOnePassAtATime:
         theirs = fresh_postgres_schema(postgres_url, migrate=True)
         with JobStore(ours) as store, holding_the_lock(theirs):
             silent_job(store, redelivery_expected=False)
-            done = reap_pass(store, TIMEOUT, redelivery_timeout=WAIT)
+            done = reap_pass(handler_of(store), TIMEOUT, redelivery_timeout=WAIT)
         assert done.ran and len(done.reaped) == 1, done
 
 

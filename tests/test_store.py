@@ -13,10 +13,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from morag_jobs.errors import ConcurrencyConflict, JobExists, JobNotFound, StoreUnavailable
+from morag_jobs.handler import ProgressHandler
 from morag_jobs.stages import StagePlan, clear_stage_plans, register_stage_plan
-from morag_jobs.store import Job, JobStatus, JobStore
+from morag_jobs.store import Job, JobStatus, JobStore, MappingStore
 from morag_jobs.store.migrate import current_revision, head_revision
 from morag_jobs.store.models import Base
+from morag_jobs.store.reaping import stale_jobs
 from tests.services import fresh_postgres_schema
 
 PLAN = StagePlan({"download": (0, 10), "processing": (10, 70), "indexing": (70, 100)})
@@ -75,10 +77,13 @@ def test_create_job_stores_the_stage_plan_given(store: JobStore) -> None:
     assert job.stages == PLAN
 
 
-def test_create_job_takes_the_plan_registered_for_its_type(store: JobStore) -> None:
+def test_the_handler_creates_a_job_with_the_plan_registered_for_its_type(store: JobStore) -> None:
     register_stage_plan("audio", PLAN)
-    assert store.create_job(job_type="audio").stages == PLAN
-    assert store.create_job(job_type="video").stages is None, "no plan registered for video"
+    handler = ProgressHandler(store)
+    assert handler.create_job(job_type="audio").stages == PLAN
+    assert handler.create_job(job_type="video").stages is None, "no plan registered for video"
+    assert store.create_job(job_type="audio").stages is None, "the store reads no registry"
+    handler.close()
 
 
 def test_create_job_keeps_a_given_id_and_refuses_a_duplicate(store: JobStore) -> None:
@@ -232,7 +237,7 @@ def test_stale_jobs_are_processing_jobs_not_heard_from(store: JobStore) -> None:
     set_fields(store, quiet.id, status="PROCESSING", started_at=T0)
     set_fields(store, alive.id, status="PROCESSING", started_at=T0, heartbeat_at=T0 + timedelta(1))
     set_fields(store, done.id, status="FINISHED", started_at=T0)
-    stale = store.stale_jobs(older_than=T0 + timedelta(hours=1))
+    stale = stale_jobs(store, older_than=T0 + timedelta(hours=1))
     assert ids(stale) == ["quiet"], "only the PROCESSING job without a recent heartbeat is stale"
 
 
@@ -254,7 +259,7 @@ def test_update_job_returns_none_and_writes_nothing_when_mutate_declines(store: 
     assert store.update_job(job.id, raise_percentage(30)) is None, "30 after 50 changes nothing"
     again = store.require_job(job.id)
     assert (again.percentage, again.version) == (50.0, 1), "a declined update leaves the row"
-    assert len(store.get_events(job.id)) == 1, "and adds no history"
+    assert len(store.history(job.id)) == 1, "and adds no history"
 
 
 def test_update_job_reruns_mutate_on_a_fresh_snapshot_after_losing_a_race(store: JobStore) -> None:
@@ -319,7 +324,7 @@ def test_history_records_each_write_oldest_first(store: JobStore) -> None:
             {"kind": "completion", "source": "lifecycle"},
         ),
     )
-    events = store.get_events(job.id)
+    events = store.history(job.id)
     assert [event.percentage for event in events] == [10.0, 25.0, 40.0, 40.0]
     assert [event.message for event in events] == ["at 10.0", "at 25.0", "at 40.0", "done"]
     last = events[-1]
@@ -334,8 +339,8 @@ def test_history_pages_with_after_id_and_limit(store: JobStore) -> None:
     job = store.create_job()
     for value in range(1, 7):
         store.update_job(job.id, raise_percentage(float(value)))
-    first_two = store.get_events(job.id, limit=2)
-    rest = store.get_events(job.id, after_id=first_two[-1].id)
+    first_two = store.history(job.id, limit=2)
+    rest = store.history(job.id, after_id=first_two[-1].id)
     assert [e.percentage for e in first_two] == [1.0, 2.0]
     assert [e.percentage for e in rest] == [3.0, 4.0, 5.0, 6.0]
 
@@ -343,7 +348,7 @@ def test_history_pages_with_after_id_and_limit(store: JobStore) -> None:
 def test_an_update_without_history_adds_no_event(store: JobStore) -> None:
     job = store.create_job()
     set_fields(store, job.id, heartbeat_at=T0)
-    assert store.get_events(job.id) == []
+    assert store.history(job.id) == []
 
 
 def test_history_with_unknown_fields_is_refused_before_writing(store: JobStore) -> None:
@@ -360,9 +365,9 @@ def test_history_keeps_only_the_newest_events_per_job(database_url: str) -> None
         store.update_job(other.id, raise_percentage(1.0))
         for value in range(1, 13):
             store.update_job(job.id, raise_percentage(float(value)))
-        kept = [event.percentage for event in store.get_events(job.id)]
+        kept = [event.percentage for event in store.history(job.id)]
         assert kept == [8.0, 9.0, 10.0, 11.0, 12.0], "the 5 newest of 12 events are kept"
-        assert len(store.get_events(other.id)) == 1, "trimming one job leaves others alone"
+        assert len(store.history(other.id)) == 1, "trimming one job leaves others alone"
 
 
 def test_history_limit_is_trimmed_every_tenth_of_the_limit(database_url: str) -> None:
@@ -371,20 +376,20 @@ def test_history_limit_is_trimmed_every_tenth_of_the_limit(database_url: str) ->
         counts = []
         for value in range(1, 41):
             store.update_job(job.id, raise_percentage(float(value)))
-            counts.append(len(store.get_events(job.id)))
+            counts.append(len(store.history(job.id)))
         assert max(counts) <= 21, f"at most limit + limit/10 - 1 events are held: {counts}"
         assert counts[-1] == 20, "a trim on version 40 leaves exactly the limit"
-        assert store.get_events(job.id)[-1].percentage == 40.0
+        assert store.history(job.id)[-1].percentage == 40.0
 
 
 def test_deleting_a_job_deletes_its_history_and_mappings(store: JobStore) -> None:
     job = store.create_job()
     store.update_job(job.id, raise_percentage(5.0))
-    store.set_mapping("task", "t-1", job.id)
+    MappingStore(store).set("task", "t-1", job.id)
     assert store.delete_job(job.id) is True
     assert store.delete_job(job.id) is False, "the second delete finds nothing"
-    assert store.get_events(job.id) == []
-    assert store.get_mapping("task", "t-1") is None, "mappings are deleted with their job"
+    assert store.history(job.id) == []
+    assert MappingStore(store).get("task", "t-1") is None, "mappings are deleted with their job"
 
 
 # -- mappings ---------------------------------------------------------------------------
@@ -396,47 +401,49 @@ def test_mappings_are_shared_between_store_instances(database_url: str) -> None:
         JobStore(database_url, create_tables=True) as second,
     ):
         job = first.create_job()
-        first.set_mapping("worker", "w-1", job.id)
-        first.set_mapping("task", "t-1", job.id)
-        assert second.get_mapping("worker", "w-1") == job.id, "another process sees the mapping"
-        assert second.list_mappings() == {("worker", "w-1"): job.id, ("task", "t-1"): job.id}
-        assert second.list_mappings("task") == {("task", "t-1"): job.id}
+        routes, seen = MappingStore(first), MappingStore(second)
+        routes.set("worker", "w-1", job.id)
+        routes.set("task", "t-1", job.id)
+        assert seen.get("worker", "w-1") == job.id, "another process sees the mapping"
+        assert seen.items() == {("worker", "w-1"): job.id, ("task", "t-1"): job.id}
+        assert seen.items("task") == {("task", "t-1"): job.id}
 
 
 def test_set_mapping_replaces_the_earlier_job(store: JobStore) -> None:
     old, new = store.create_job(), store.create_job()
-    store.set_mapping("worker", "w-1", old.id)
-    store.set_mapping("worker", "w-1", new.id)
-    assert store.get_mapping("worker", "w-1") == new.id
-    assert store.list_mappings() == {("worker", "w-1"): new.id}, "replaced, not duplicated"
+    MappingStore(store).set("worker", "w-1", old.id)
+    MappingStore(store).set("worker", "w-1", new.id)
+    assert MappingStore(store).get("worker", "w-1") == new.id
+    assert MappingStore(store).items() == {("worker", "w-1"): new.id}, "replaced, not duplicated"
 
 
 def test_worker_and_task_keys_do_not_collide(store: JobStore) -> None:
     a, b = store.create_job(), store.create_job()
-    store.set_mapping("worker", "same", a.id)
-    store.set_mapping("task", "same", b.id)
-    assert (store.get_mapping("worker", "same"), store.get_mapping("task", "same")) == (a.id, b.id)
+    routes = MappingStore(store)
+    routes.set("worker", "same", a.id)
+    routes.set("task", "same", b.id)
+    assert (routes.get("worker", "same"), routes.get("task", "same")) == (a.id, b.id)
 
 
 def test_mappings_are_deleted_one_by_one_or_per_job(store: JobStore) -> None:
     a, b = store.create_job(), store.create_job()
-    store.set_mapping("worker", "w-1", a.id)
-    store.set_mapping("task", "t-1", a.id)
-    store.set_mapping("task", "t-2", b.id)
-    assert store.delete_mapping("worker", "w-1") is True
-    assert store.delete_mapping("worker", "w-1") is False
-    assert store.delete_mappings_for_job(a.id) == 1
-    assert store.list_mappings() == {("task", "t-2"): b.id}
+    MappingStore(store).set("worker", "w-1", a.id)
+    MappingStore(store).set("task", "t-1", a.id)
+    MappingStore(store).set("task", "t-2", b.id)
+    assert MappingStore(store).delete("worker", "w-1") is True
+    assert MappingStore(store).delete("worker", "w-1") is False
+    assert MappingStore(store).delete_for_job(a.id) == 1
+    assert MappingStore(store).items() == {("task", "t-2"): b.id}
 
 
 def test_a_mapping_to_a_missing_job_is_job_not_found(store: JobStore) -> None:
     with pytest.raises(JobNotFound, match="'nope'"):
-        store.set_mapping("worker", "w-1", "nope")
+        MappingStore(store).set("worker", "w-1", "nope")
 
 
 def test_mapping_kinds_are_worker_or_task(store: JobStore) -> None:
     with pytest.raises(ValueError, match="mapping kind 'queue' is not one of worker, task"):
-        store.get_mapping("queue", "q")  # type: ignore[arg-type]
+        MappingStore(store).get("queue", "q")  # type: ignore[arg-type]
 
 
 # -- schema, migrations, engines ----------------------------------------------------------
@@ -550,7 +557,7 @@ def test_driver_errors_leave_the_store_as_its_own_error(postgres_url: str) -> No
     store = JobStore(url, create_tables=False)
     try:
         for call in (lambda: store.get_job("x"), lambda: store.create_job(name="n"),
-                     lambda: store.set_mapping("worker", "w", "x"), store.count_jobs):
+                     lambda: MappingStore(store).set("worker", "w", "x"), store.count_jobs):
             with pytest.raises(StoreUnavailable, match="morag-jobs db upgrade") as raised:
                 call()
             assert "\n" not in raised.value.reason, "one line: no SQL, no parameters"
@@ -564,4 +571,4 @@ def test_a_constraint_violation_keeps_its_meaning(database_url: str) -> None:
         with pytest.raises(JobExists):
             store.create_job(job_id="twice")
         with pytest.raises(JobNotFound):
-            store.set_mapping("worker", "w", "no-such-job")
+            MappingStore(store).set("worker", "w", "no-such-job")

@@ -125,7 +125,7 @@ def test_many_processes_never_lower_the_percentage_or_reopen_a_finished_job(
 
     with JobStore(database_url) as store:
         final = store.require_job(job_id)
-        history = store.get_events(job_id)
+        history = store.history(job_id)
 
     completed_at = outcomes[COMPLETER].completion_version
     assert completed_at is not None

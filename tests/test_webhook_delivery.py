@@ -95,7 +95,7 @@ def store(database_url: str) -> Iterator[JobStore]:
 def ended_job(store: JobStore, url: str) -> Job:
     """A job that has just FINISHED, with its webhook queued for ``url``."""
     job = store.create_job(webhook_url=url)
-    handler = ProgressHandler(store=store, interval=0, webhooks=False)
+    handler = ProgressHandler(store=store, interval=0)
     try:
         assert handler.handle_job_completion(job.id, True, "done")
     finally:

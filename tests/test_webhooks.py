@@ -161,7 +161,7 @@ def test_a_receiver_that_is_down_is_retried_until_it_comes_up(
 ) -> None:
     port = free_port()
     job = store.create_job(job_type="video", webhook_url=f"http://127.0.0.1:{port}/hook")
-    assert handler.handle_job_error(job.id, "ffmpeg exited with 1")
+    assert handler.handle_job_completion(job.id, False, "ffmpeg exited with 1")
     deliverer = wh.WebhookDeliverer(store, secret=SECRET, **FAST)
     deliverer.deliver_due()
     (row,) = wh.list_deliveries(store, job_id=job.id)

@@ -97,6 +97,7 @@ def create_app(
     owns_handler = handler is None
     if handler is None:
         handler = ProgressHandler(store=store, interval=write_interval, auto_create_jobs=False)
+    webhooks.attach_outbox(handler)
     job_cache = JobCache(store, ttl=cache_ttl)
     handler.add_listener(job_cache.remember)
     state = ApiState(

@@ -99,7 +99,7 @@ def job_events(
 ) -> Any:
     """The job's history (every applied update), oldest first, a page at a time."""
     _readable(request, principal, job_id)
-    events = _store(request).get_events(job_id, limit=limit + 1, after_id=after_id)
+    events = _store(request).history(job_id, limit=limit + 1, after_id=after_id)
     page = events[:limit]
     more = len(events) > limit
     return EventPage(items=[EventOut.of(event) for event in page],

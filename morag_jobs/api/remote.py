@@ -35,8 +35,8 @@ from morag_jobs.api.schemas import (
     errors,
     job_json,
 )
-from morag_jobs.events import ProgressEvent, not_ahead, utc_now
-from morag_jobs.handler import ProgressHandler
+from morag_jobs.events import ProgressEvent
+from morag_jobs.handler import ProgressHandler, arrived
 from morag_jobs.rules import staleness
 from morag_jobs.store import Job, JobStore
 from morag_jobs.store.reads import JobCheck, JobReads
@@ -264,11 +264,8 @@ async def report_progress(request: Request) -> Any:
     )
     handler: ProgressHandler = state.handler
     # A fast clock is clamped before the retry check, so neither it nor its memory of
-    # what was sent ever holds a time in the future (counted as the handler counts it).
-    clamped = not_ahead(event, utc_now())
-    if clamped is not None:
-        handler.stats.future_timestamps += 1
-        event = clamped
+    # what was sent ever holds a time in the future.
+    event = arrived(event, handler.stats)
     repeat = cache.repeat_of(job, event)
     if repeat is not None:
         state.metrics.count_update(repeat)

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from morag_jobs.events import check_percent
-from morag_jobs.store import Job, JobEventRecord, JobStatus
+from morag_jobs.store import HistoryEntry, Job, JobStatus
 
 __all__ = [
     "BIGINT_MAX",
@@ -224,7 +224,7 @@ class JobPage(BaseModel):
 
 
 class EventOut(BaseModel):
-    """One applied update in a job's history: every field of ``JobEventRecord``."""
+    """One applied update in a job's history: every field of ``HistoryEntry``."""
 
     id: int
     job_id: str
@@ -242,7 +242,7 @@ class EventOut(BaseModel):
     format: str | None = None
 
     @classmethod
-    def of(cls, event: JobEventRecord) -> EventOut:
+    def of(cls, event: HistoryEntry) -> EventOut:
         return cls.model_validate(event.to_dict())
 
 

@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from morag_jobs.api.schemas import job_json
 from morag_jobs.errors import StoreUnavailable
 from morag_jobs.events import utc_now
-from morag_jobs.store import Job, JobEventRecord, JobStore
+from morag_jobs.store import HistoryEntry, Job, JobStore
 from morag_jobs.store.reads import JobMove, JobReads, Seen
 
 __all__ = ["OVERLAP", "Batch", "Change", "JobFeed", "JobWatch", "SeenJobs", "feed_text",
@@ -63,7 +63,7 @@ def job_text(job: Job) -> str:
     return sse("job", job_json(job), str(job.version))
 
 
-def history_text(record: JobEventRecord) -> str:
+def history_text(record: HistoryEntry) -> str:
     return sse("history", record.to_dict())
 
 

@@ -116,7 +116,7 @@ def submit(
         stages=stages, webhook_url=webhook_url,
         metadata={**(metadata or {}), "task_name": task.name, "task_id": task_id},
     )
-    handler.register_task_mapping(task_id, job.id)
+    handler.mappings.bind("task", task_id, job.id)
     headers = {**apply_async_options.pop("headers", {}), JOB_HEADER: job.id}
     task.apply_async(args, dict(kwargs or {}), task_id=task_id, headers=headers,
                      **apply_async_options)
@@ -206,7 +206,7 @@ def _job_id(task: Task, task_id: str, runtime: Runtime) -> str:
     header = request.get(JOB_HEADER) if request is not None else None
     if header:
         return str(header)
-    return runtime.handler.get_job_id_for_task(task_id) or task_id
+    return runtime.handler.mappings.lookup("task", task_id) or task_id
 
 
 def _connect(app: Celery, runtime: Runtime) -> None:
@@ -257,7 +257,7 @@ def _connect(app: Celery, runtime: Runtime) -> None:
         if request is None or not ours(sender):
             return
         headers = getattr(request, "request_dict", None) or {}
-        job_id = headers.get(JOB_HEADER) or runtime.handler.get_job_id_for_task(request.id)
+        job_id = headers.get(JOB_HEADER) or runtime.handler.mappings.lookup("task", request.id)
         runtime.handler.handle_job_cancellation(job_id or request.id, "revoked")
 
     def on_process_shutdown(**_: Any) -> None:

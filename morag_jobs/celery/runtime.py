@@ -15,8 +15,10 @@ import structlog
 from celery.states import READY_STATES
 
 from morag_jobs.events import ProgressEvent
+from morag_jobs.handler import ProgressHandler
 from morag_jobs.task import runtime as task_runtime
 from morag_jobs.task.context import JobContext
+from morag_jobs.webhook_outbox import attach_outbox
 
 __all__ = ["Runtime", "RuntimeConfig"]
 
@@ -40,6 +42,10 @@ class Runtime(task_runtime.Runtime):
         super().__init__(config or RuntimeConfig())
         self.app = app
         self._mirrored: dict[str, float] = {}
+
+    def _assemble(self, handler: ProgressHandler) -> ProgressHandler:
+        """A worker ends jobs: their completion webhooks go to the durable outbox."""
+        return attach_outbox(handler)
 
     def _forget_parent(self) -> None:
         super()._forget_parent()

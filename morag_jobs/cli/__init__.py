@@ -22,7 +22,7 @@ def _demo() -> Callable[..., None]:
     """The demo command; it runs a worker, the API and a tqdm bar, so it needs every extra."""
     needs = ("celery", "redis", "uvicorn", "fastapi", "tqdm")
     if not missing(*needs):
-        from morag_jobs.cli import demo  # noqa: PLC0415 (its imports need the extras)
+        from morag_jobs.demo import run as demo  # noqa: PLC0415 (its imports need the extras)
 
         return demo.demo
 

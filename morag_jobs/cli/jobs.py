@@ -20,6 +20,7 @@ from morag_jobs.eta import estimate_remaining
 from morag_jobs.events import utc_now
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.store import Job, JobStatus, JobStore
+from morag_jobs.webhook_outbox import attach_outbox
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 EXIT_JOB_ENDED_BADLY = 1
@@ -61,7 +62,7 @@ def _duration(delta: Any) -> str:
 def _eta(store: JobStore, job: Job, now: datetime) -> Any:
     if job.status is not JobStatus.PROCESSING:
         return None
-    return estimate_remaining(store.get_events(job.id)[-50:], job.percentage, now=now)
+    return estimate_remaining(store.history(job.id)[-50:], job.percentage, now=now)
 
 
 def _render(store: JobStore, job: Job) -> Group:
@@ -184,7 +185,7 @@ def history(
     """Show a job's history, oldest first."""
     store = open_store(database)
     _require(store, job_id)
-    events = store.get_events(job_id)
+    events = store.history(job_id)
     if as_json:
         typer.echo(json.dumps([event.to_dict() for event in events]))
         return
@@ -215,7 +216,7 @@ def cancel(
     task_id = job.metadata.get("task_id")
     if app is not None and task_id:
         _celery_app(app).control.revoke(task_id, terminate=True)
-    handler = ProgressHandler(store=store, auto_create_jobs=False)
+    handler = attach_outbox(ProgressHandler(store=store, auto_create_jobs=False))
     try:
         if not handler.handle_job_cancellation(job_id, "cancelled from the command line"):
             fail(f"job {job_id} could not be cancelled (it may have just ended)")

@@ -7,7 +7,9 @@ from typing import Annotated
 import typer
 
 from morag_jobs.cli._common import DatabaseOption, fail, open_store
+from morag_jobs.handler import ProgressHandler
 from morag_jobs.reaper import DEFAULT_TIMEOUT, reap_pass
+from morag_jobs.webhook_outbox import attach_outbox
 
 TimeoutOption = Annotated[
     float,
@@ -30,11 +32,13 @@ def reap(
     """Fail running jobs whose worker went silent (or requeue those Celery will deliver
     again), and fail requeued jobs whose delivery never came."""
     store = open_store(database)
+    handler = attach_outbox(ProgressHandler(store, auto_create_jobs=False))
     try:
-        done = reap_pass(store, timeout, redelivery_timeout=redelivery_timeout)
+        done = reap_pass(handler, timeout, redelivery_timeout=redelivery_timeout)
     except Exception as error:  # one clear line instead of a traceback
         fail(f"reaper failed: {error}")
     finally:
+        handler.close()
         store.close()
     if not done.ran:
         typer.echo("another process is running a reaper pass; nothing done", err=True)

@@ -19,8 +19,10 @@ import typer
 
 from morag_jobs import _config
 from morag_jobs.cli._common import EXIT_USAGE, DatabaseOption, fail
+from morag_jobs.handler import ProgressHandler
 from morag_jobs.reaper import DEFAULT_TIMEOUT, Reaper
 from morag_jobs.store import JobStore
+from morag_jobs.webhook_outbox import attach_outbox
 
 _PARAMETER = re.compile(r"([?&;])([^=&;\s\"]*+)=([^&;\s\"]*+)")
 
@@ -114,7 +116,8 @@ def _reaping(database: str | None, timeout: float) -> Iterator[None]:
     ``serve`` is one reaper) for as long as the block runs."""
     try:
         store = JobStore(database)
-        running = Reaper(store, timeout)
+        handler = attach_outbox(ProgressHandler(store, auto_create_jobs=False))
+        running = Reaper(handler, timeout)
     except ValueError as error:  # a bad URL or MORAG_REDELIVERY_TIMEOUT
         fail(str(error), EXIT_USAGE)
     running.start()
@@ -122,4 +125,5 @@ def _reaping(database: str | None, timeout: float) -> Iterator[None]:
         yield
     finally:
         running.stop(wait=5)
+        handler.close()
         store.close()

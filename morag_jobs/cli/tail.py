@@ -15,6 +15,7 @@ import typer
 from morag_jobs.cli._common import EXIT_USAGE, DatabaseOption, fail, open_store
 from morag_jobs.follow import CheckpointError, FollowedEvent, FollowerStats, LogFollower
 from morag_jobs.handler import ProgressHandler
+from morag_jobs.webhook_outbox import attach_outbox
 
 
 def tail(
@@ -66,7 +67,7 @@ def tail(
         if path.is_dir():
             fail(f"cannot follow {path}: it is a directory", EXIT_USAGE)
     store = open_store(database)
-    handler = ProgressHandler(store=store, auto_create_jobs=job is not None)
+    handler = attach_outbox(ProgressHandler(store=store, auto_create_jobs=job is not None))
     try:
         try:
             follower = LogFollower(paths, handler=handler, job_id=job, worker_id=worker,

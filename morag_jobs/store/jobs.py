@@ -14,9 +14,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 
 import structlog
 from sqlalchemy import Connection, Engine, delete, func, inspect, select
@@ -31,16 +30,16 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from morag_jobs import settings
 from morag_jobs.errors import ConcurrencyConflict, JobExists, JobNotFound, StoreUnavailable
 from morag_jobs.events import utc_now
-from morag_jobs.stages import StagePlan, get_stage_plan
+from morag_jobs.stages import StagePlan
 from morag_jobs.store import queries as q
 from morag_jobs.store.engine import create_store_engine, masked_url, parse_url
 from morag_jobs.store.migrate import migrate
-from morag_jobs.store.records import Job, JobChanges, JobEventRecord, JobStatus
+from morag_jobs.store.records import HistoryEntry, Job, JobChanges, JobStatus
 
 __all__ = [
+    "HistoryEntry",
     "Job",
     "JobChanges",
-    "JobEventRecord",
     "JobStatus",
     "JobStore",
     "Mutation",
@@ -216,14 +215,15 @@ class JobStore:
         webhook_url: str | None = None,
         worker_id: str | None = None,
     ) -> Job:
-        """A new PENDING job; its stage plan defaults to the one registered for ``job_type``."""
+        """A new PENDING job, with the stage plan given (``ProgressHandler.create_job`` is the
+        one that looks up the plan registered for ``job_type``: the store reads no registry)."""
         job_id = _checked_id(job_id) if job_id is not None else uuid.uuid4().hex
         now = utc_now()
         values = {
             "id": job_id, "name": name, "job_type": job_type, "user_id": user_id,
             "status": JobStatus.PENDING, "percentage": 0.0, "summary": "",
             "metadata": dict(metadata or {}),
-            "stages": stages if stages is not None else get_stage_plan(job_type),
+            "stages": stages,
             "webhook_url": webhook_url, "worker_id": worker_id,
             "created_at": now, "updated_at": now, "version": 0, "ignored_count": 0,
         }  # fmt: skip
@@ -256,46 +256,24 @@ class JobStore:
         return job
 
     def list_jobs(
-        self,
-        *,
-        status: q.StatusFilter = None,
-        user_id: str | None = None,
-        job_type: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        updated_after: datetime | None = None,
-        limit: int | None = 50,
-        offset: int = 0,
-        order_by: str = "-created_at",
+        self, *, limit: int | None = 50, offset: int = 0, order_by: str = "-created_at",
+        **filters: Unpack[q.JobFilters],
     ) -> list[Job]:
-        """Jobs matching every given filter (time bounds exclusive), a page at a time."""
+        """Jobs matching every filter of ``q.JobFilters`` given (``status``, ``user_id``,
+        ``job_type``, ``created_after``/``created_before``/``updated_after``, exclusive), a
+        page at a time."""
         if (limit is not None and limit < 0) or offset < 0:
             raise ValueError(f"limit and offset cannot be negative (got {limit}, {offset})")
-        clauses = q.job_filters(
-            status=status, user_id=user_id, job_type=job_type, created_after=created_after,
-            created_before=created_before, updated_after=updated_after,
-        )  # fmt: skip
+        clauses = q.job_filters(**filters)
         query = q.select_jobs(*clauses).order_by(*q.job_order(order_by)).offset(offset)
         if limit is not None:
             query = query.limit(limit)
         with self._reading() as connection:
             return [Job.from_row(row._mapping) for row in connection.execute(query)]
 
-    def count_jobs(
-        self,
-        *,
-        status: q.StatusFilter = None,
-        user_id: str | None = None,
-        job_type: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        updated_after: datetime | None = None,
-    ) -> int:
+    def count_jobs(self, **filters: Unpack[q.JobFilters]) -> int:
         """How many jobs ``list_jobs`` would return with the same filters and no limit."""
-        clauses = q.job_filters(
-            status=status, user_id=user_id, job_type=job_type, created_after=created_after,
-            created_before=created_before, updated_after=updated_after,
-        )  # fmt: skip
+        clauses = q.job_filters(**filters)
         with self._reading() as connection:
             return int(connection.scalar(select(func.count()).select_from(q.JOBS).where(*clauses)))
 
@@ -307,14 +285,6 @@ class JobStore:
         counts = dict.fromkeys(JobStatus, 0)
         counts.update({JobStatus(row[0]): int(row[1]) for row in rows})
         return counts
-
-    def stale_jobs(self, older_than: datetime) -> list[Job]:
-        """PROCESSING jobs not heard from (heartbeat, progress or start) since ``older_than``."""
-        last_seen = q.last_sign_of_life()
-        query = q.select_jobs(q.JOBS.c.status == JobStatus.PROCESSING, last_seen < older_than)
-        with self._reading() as connection:
-            rows = connection.execute(query.order_by(last_seen, q.JOBS.c.id))
-            return [Job.from_row(row._mapping) for row in rows]
 
     def delete_job(self, job_id: str) -> bool:
         """Delete a job with its history and mappings; False when there was none."""
@@ -361,10 +331,10 @@ class JobStore:
                 connection.execute(q.trim_history(job.id, self._history_limit or 0))
         return job
 
-    def get_events(
+    def history(
         self, job_id: str, *, limit: int | None = None, after_id: int | None = None
-    ) -> list[JobEventRecord]:
-        """A job's history, oldest first: the first ``limit`` events after event ``after_id``."""
+    ) -> list[HistoryEntry]:
+        """A job's history, oldest first: the first ``limit`` entries after entry ``after_id``."""
         events = q.EVENTS
         query = select(events).where(events.c.job_id == job_id).order_by(events.c.id)
         if after_id is not None:
@@ -372,52 +342,7 @@ class JobStore:
         if limit is not None:
             query = query.limit(limit)
         with self._reading() as connection:
-            return [JobEventRecord.from_row(row._mapping) for row in connection.execute(query)]
-
-    # -- worker and task mappings ---------------------------------------------------------
-
-    def set_mapping(self, kind: q.MappingKind, key: str, job_id: str) -> None:
-        """Route ``kind`` (worker or task) ``key`` to ``job_id``, replacing an earlier route."""
-        q.check_mapping_kind(kind)
-        values = {"kind": kind, "key": key, "job_id": job_id, "created_at": utc_now()}
-        with self._writing() as connection:
-            try:
-                connection.execute(q.upsert_mapping(self._dialect, values))
-            except IntegrityError as error:  # the job does not exist (foreign key)
-                raise JobNotFound(job_id) from error
-
-    def get_mapping(self, kind: q.MappingKind, key: str) -> str | None:
-        q.check_mapping_kind(kind)
-        table = q.MAPPINGS
-        query = select(table.c.job_id).where(table.c.kind == kind, table.c.key == key)
-        with self._reading() as connection:
-            return connection.scalar(query)
-
-    def delete_mapping(self, kind: q.MappingKind, key: str) -> bool:
-        q.check_mapping_kind(kind)
-        table = q.MAPPINGS
-        with self._writing() as connection:
-            result = connection.execute(
-                delete(table).where(table.c.kind == kind, table.c.key == key)
-            )
-        return result.rowcount > 0
-
-    def delete_mappings_for_job(self, job_id: str) -> int:
-        """Forget every worker and task route to ``job_id`` (done when the job completes)."""
-        table = q.MAPPINGS
-        with self._writing() as connection:
-            result = connection.execute(delete(table).where(table.c.job_id == job_id))
-        return result.rowcount
-
-    def list_mappings(self, kind: q.MappingKind | None = None) -> dict[tuple[str, str], str]:
-        """``{(kind, key): job_id}``, for one kind or both."""
-        table = q.MAPPINGS
-        query = select(table.c.kind, table.c.key, table.c.job_id)
-        if kind is not None:
-            q.check_mapping_kind(kind)
-            query = query.where(table.c.kind == kind)
-        with self._reading() as connection:
-            return {(row.kind, row.key): row.job_id for row in connection.execute(query)}
+            return [HistoryEntry.from_row(row._mapping) for row in connection.execute(query)]
 
 
 def _checked_id(job_id: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypedDict, Unpack, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -115,18 +115,28 @@ def statuses(status: StatusFilter) -> list[JobStatus] | None:
     return [JobStatus.parse(item) for item in status]
 
 
-def job_filters(
-    *,
-    status: StatusFilter = None,
-    user_id: str | None = None,
-    job_type: str | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
-    updated_after: datetime | None = None,
-) -> list[ColumnElement[bool]]:
-    """WHERE clauses for ``list_jobs``/``count_jobs``; time bounds are exclusive."""
+class JobFilters(TypedDict, total=False):
+    """The filters ``list_jobs`` and ``count_jobs`` share, declared once; time bounds are
+    exclusive and None (or absent) means no filter."""
+
+    status: StatusFilter
+    user_id: str | None
+    job_type: str | None
+    created_after: datetime | None
+    created_before: datetime | None
+    updated_after: datetime | None
+
+
+def job_filters(**filters: Unpack[JobFilters]) -> list[ColumnElement[bool]]:
+    """WHERE clauses for ``list_jobs``/``count_jobs``."""
+    unknown = set(filters) - set(JobFilters.__annotations__)
+    if unknown:
+        raise TypeError(f"unknown job filter(s): {', '.join(sorted(unknown))}")
+    user_id, job_type = filters.get("user_id"), filters.get("job_type")
+    created_after, created_before = filters.get("created_after"), filters.get("created_before")
+    updated_after = filters.get("updated_after")
     clauses: list[ColumnElement[bool]] = []
-    wanted = statuses(status)
+    wanted = statuses(filters.get("status"))
     if wanted is not None:
         clauses.append(JOBS.c.status.in_(wanted))
     for column, value in (("user_id", user_id), ("job_type", job_type)):

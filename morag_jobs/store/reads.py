@@ -18,7 +18,7 @@ from sqlalchemy import Connection, func, select
 
 from morag_jobs.store import queries as q
 from morag_jobs.store.jobs import JobStore
-from morag_jobs.store.records import Job, JobEventRecord, JobStatus
+from morag_jobs.store.records import HistoryEntry, Job, JobStatus
 
 __all__ = ["JobCheck", "JobMove", "JobReads", "Seen"]
 
@@ -57,7 +57,7 @@ class JobMove:
 
     job: Job | None
     """None: the job was deleted."""
-    history: tuple[JobEventRecord, ...] = ()
+    history: tuple[HistoryEntry, ...] = ()
 
 
 class JobReads:
@@ -121,13 +121,13 @@ def _jobs(connection: Connection, ids: list[str]) -> dict[str, Job | None]:
 
 def _history(
     connection: Connection, job: Job | None, after_id: int
-) -> tuple[JobEventRecord, ...]:
+) -> tuple[HistoryEntry, ...]:
     if job is None:
         return ()
     events = q.EVENTS
     query = select(events).where(events.c.job_id == job.id, events.c.id > after_id) \
         .order_by(events.c.id)
-    return tuple(JobEventRecord.from_row(row._mapping) for row in connection.execute(query))
+    return tuple(HistoryEntry.from_row(row._mapping) for row in connection.execute(query))
 
 
 def _pages(ids: list[str]) -> Iterator[list[str]]:

@@ -25,6 +25,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import structlog
@@ -36,7 +37,7 @@ from morag_jobs.store.records import Job, JobStatus
 if TYPE_CHECKING:
     from morag_jobs.store.jobs import JobStore
 
-__all__ = ["REDELIVERY_DEADLINE", "awaiting_redelivery", "reaper_lock"]
+__all__ = ["REDELIVERY_DEADLINE", "awaiting_redelivery", "reaper_lock", "stale_jobs"]
 
 log = structlog.get_logger(__name__)
 
@@ -109,4 +110,13 @@ def awaiting_redelivery(store: JobStore) -> list[Job]:
     query = q.select_jobs(q.JOBS.c.status == JobStatus.PENDING, deadline.is_not(None))
     with store._reading() as connection:
         rows = connection.execute(query.order_by(q.JOBS.c.updated_at, q.JOBS.c.id))
+        return [Job.from_row(row._mapping) for row in rows]
+
+
+def stale_jobs(store: JobStore, older_than: datetime) -> list[Job]:
+    """PROCESSING jobs not heard from (heartbeat, progress or start) since ``older_than``."""
+    last_seen = q.last_sign_of_life()
+    query = q.select_jobs(q.JOBS.c.status == JobStatus.PROCESSING, last_seen < older_than)
+    with store._reading() as connection:
+        rows = connection.execute(query.order_by(last_seen, q.JOBS.c.id))
         return [Job.from_row(row._mapping) for row in rows]

@@ -10,7 +10,15 @@ from typing import Any
 
 from morag_jobs.stages import StagePlan
 
-__all__ = ["EVENT_FIELDS", "JOB_FIELDS", "Job", "JobChanges", "JobEventRecord", "JobStatus"]
+__all__ = [
+    "EVENT_FIELDS",
+    "JOB_FIELDS",
+    "HistoryEntry",
+    "Job",
+    "JobChanges",
+    "JobEventRecord",
+    "JobStatus",
+]
 
 JobChanges = dict[str, Any]
 """Job field names (``metadata``, or its column attribute ``meta``) to new values."""
@@ -101,8 +109,9 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
-class JobEventRecord:
-    """One applied update in a job's history."""
+class HistoryEntry:
+    """One row of a job's history: an update as it was applied (a ``ProgressEvent`` is
+    what arrives; a history entry is what was written)."""
 
     id: int
     job_id: str
@@ -122,7 +131,7 @@ class JobEventRecord:
     """The log format that recognised it (``tqdm.bar``, ``generic``...), for parsed lines."""
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> JobEventRecord:
+    def from_row(cls, row: Mapping[str, Any]) -> HistoryEntry:
         return cls(**{name: row[name] for name in EVENT_FIELDS})
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,4 +143,8 @@ class JobEventRecord:
 
 
 JOB_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Job))
-EVENT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(JobEventRecord))
+EVENT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(HistoryEntry))
+
+
+JobEventRecord = HistoryEntry
+"""The name version 0 used for a history row; kept so existing imports work."""

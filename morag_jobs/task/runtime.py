@@ -112,11 +112,15 @@ class Runtime:
 
     def _build(self) -> None:
         store = JobStore(self.config.database_url or settings.database_url())
-        self._handler = ProgressHandler(store=store, interval=self.config.interval)
+        self._handler = self._assemble(ProgressHandler(store=store, interval=self.config.interval))
         self._contexts = set()
         self._wake = threading.Event()
         self._thread = None
         self._pid = os.getpid()
+
+    def _assemble(self, handler: ProgressHandler) -> ProgressHandler:
+        """Attach the listeners this runtime's host wants (an adapter's hook)."""
+        return handler
 
     # -- the life of one job in this process -------------------------------------------
 
@@ -155,13 +159,13 @@ class Runtime:
             if success:
                 self.handler.handle_job_completion(context.job_id, True, message)
             else:
-                self.handler.handle_job_error(context.job_id, message)
+                self.handler.handle_job_completion(context.job_id, False, message)
 
     def fail(self, context: JobContext, message: str) -> None:
         """A stage failed inside a running task: the job is FAILED now."""
         self._push(context, publish=False)
         context.known = True
-        self.handler.handle_job_error(context.job_id, message)
+        self.handler.handle_job_completion(context.job_id, False, message)
 
     def flush(self) -> None:
         """Push every running job's latest state and write it (tests, shutdown)."""

@@ -22,18 +22,15 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from morag_jobs import rules
-from morag_jobs.errors import ConcurrencyConflict, JobExists, JobNotFound, StoreUnavailable
+from morag_jobs import _config, rules
+from morag_jobs.errors import RETRYABLE, JobExists, JobNotFound, StoreUnavailable, brief
 from morag_jobs.events import ProgressEvent
 from morag_jobs.store import Job, JobStore, Mutation
 
-__all__ = ["CoalescingWriter", "brief", "supersedes"]
+__all__ = ["CoalescingWriter", "WritePolicy", "supersedes"]
 
 log = structlog.get_logger(__name__)
 
-RETRYABLE = (StoreUnavailable, ConcurrencyConflict)
-"""What a write may be retried after: the store translates every driver error into
-``StoreUnavailable`` at its boundary, so nothing here knows SQLAlchemy."""
 Tally = list[tuple[str, str, int]]
 """(source, outcome, number of events) for the events a write covered."""
 Written = Callable[[str, Job | None, str, Tally], None]
@@ -101,24 +98,49 @@ class _JobClock:
     final: list[tuple[Mutation, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class WritePolicy:
+    """When and how hard the writer writes: the one place for its timings.
+
+    ``interval``: at most one write per job per this many seconds (0: as soon as the
+    writer thread gets to it). ``sync_timeout``: how long a write made now (a completion)
+    is retried in the caller before it is queued. ``max_backoff``: the ceiling of the
+    exponential backoff between retries.
+    """
+
+    interval: float = _config.WRITE_INTERVAL
+    sync_timeout: float = _config.SYNC_TIMEOUT
+    max_backoff: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "sync_timeout", "max_backoff"):
+            value = getattr(self, name)
+            if not value >= 0:  # NaN too
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {value}")
+
+
 class CoalescingWriter:
-    """Latest-wins pending state per job, written by one background thread per process."""
+    """Latest-wins pending state per job, written by one background thread per process.
+
+    The handler's private engine: it calls back ``on_written`` after each write (the
+    handler's listeners and stats), ``on_error`` after each failed attempt and
+    ``create_job`` for a job named explicitly that does not exist yet.
+    """
 
     def __init__(
         self,
         store: JobStore,
+        policy: WritePolicy,
         *,
-        interval: float,
         on_written: Written,
         on_error: Callable[[str, Exception], None],
         create_job: Callable[[str], None],
-        sync_timeout: float = 30.0,
-        max_backoff: float = 5.0,
     ) -> None:
         self.store = store
-        self.interval = interval
-        self.sync_timeout = sync_timeout
-        self.max_backoff = max_backoff
+        self.policy = policy
+        self.interval = policy.interval
+        self.sync_timeout = policy.sync_timeout
+        self.max_backoff = policy.max_backoff
         self._on_written = on_written
         self._on_error = on_error
         self._create_job = create_job
@@ -365,14 +387,6 @@ class CoalescingWriter:
             if self._thread is None:
                 self._start()
             self._lock.notify()
-
-
-def brief(error: BaseException) -> str:
-    """The first line of an error: no SQL and no parameters (user data) in logs."""
-    if isinstance(error, StoreUnavailable):
-        return error.reason  # already the driver's first line, password masked
-    text = str(getattr(error, "orig", None) or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _remaining(deadline: float | None) -> float | None:

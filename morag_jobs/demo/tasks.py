@@ -1,6 +1,6 @@
 """The Celery app that ``morag-jobs demo`` runs: one task per source of progress.
 
-The demo's worker process imports this module (``celery -A morag_jobs.demo worker``),
+The demo's worker process imports this module (``celery -A morag_jobs.demo.tasks worker``),
 so the app is configured from the environment the demo sets: ``MORAG_DEMO_DIR`` for
 the embedded broker (kombu's filesystem transport) or ``MORAG_DEMO_BROKER``, and
 ``MORAG_DATABASE_URL`` for the job table.
@@ -29,7 +29,7 @@ for _ in tqdm(range(40), desc="Converting", file=sys.stderr, mininterval=0, asci
     time.sleep({pause})
 """
 
-app = Celery("morag_jobs.demo")
+app = Celery("morag_jobs.demo.tasks")
 _directory = settings.demo_directory() or tempfile.mkdtemp(prefix="morag-demo-")
 app.conf.update(embedded_settings(_directory))
 if settings.demo_broker():

@@ -68,9 +68,9 @@ def demo(
 
 def _run(console: Console, directory: Path, database: str, seconds: float) -> None:
     # Imported here: the demo app is configured from the environment set just above.
-    from morag_jobs import demo as tasks  # noqa: PLC0415
     from morag_jobs.api.auth import ApiKeys  # noqa: PLC0415
     from morag_jobs.celery import submit  # noqa: PLC0415
+    from morag_jobs.demo import tasks  # noqa: PLC0415
 
     store = JobStore(database, create_tables=True)
     store.upgrade()
@@ -151,7 +151,7 @@ def _worker(directory: Path) -> Iterator[Path]:
     log_path = directory / "worker.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "morag_jobs.demo", "worker",
+            [sys.executable, "-m", "celery", "-A", "morag_jobs.demo.tasks", "worker",
              "--pool", "prefork", "--concurrency", "3", "--loglevel", "INFO",
              "--without-mingle", "--without-gossip", "--without-heartbeat",
              "--morag-reap-timeout", "0"],
