@@ -20,16 +20,15 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import structlog
-
 from morag_jobs import _config, rules
 from morag_jobs.errors import RETRYABLE, JobExists, JobNotFound, StoreUnavailable, brief
 from morag_jobs.events import ProgressEvent
+from morag_jobs.logs import get_logger
 from morag_jobs.store import Job, JobStore, Mutation
 
 __all__ = ["CoalescingWriter", "WritePolicy", "supersedes"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 Tally = list[tuple[str, str, int]]
 """(source, outcome, number of events) for the events a write covered."""

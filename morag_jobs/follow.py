@@ -19,13 +19,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-
 from morag_jobs.checkpoint import Checkpoint, CheckpointError, InFlight, Mark, landed
 from morag_jobs.errors import RETRYABLE, brief
 from morag_jobs.events import ProgressEvent, utc_now
 from morag_jobs.handler import ApplyResult, ProgressHandler
 from morag_jobs.logfile import PASS_BYTES
+from morag_jobs.logs import get_logger
 from morag_jobs.parser import ProgressEventParser
 from morag_jobs.store import Job
 from morag_jobs.streams import ProgressStream
@@ -33,7 +32,7 @@ from morag_jobs.tailing import FollowerStats, Tail
 
 __all__ = ["CheckpointError", "FollowedEvent", "FollowerStats", "LogFollower"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _NEGATIVE_TTL = 2.0
 

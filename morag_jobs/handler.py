@@ -16,12 +16,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-import structlog
-
 from morag_jobs import _config, rules
 from morag_jobs._writer import CoalescingWriter, WritePolicy
 from morag_jobs.errors import RETRYABLE, JobExists, JobNotFound, StoreUnavailable, brief
 from morag_jobs.events import ProgressEvent, not_ahead, utc_now
+from morag_jobs.logs import get_logger
 from morag_jobs.mappings import JobMappings
 from morag_jobs.outcomes import ApplyResult, HandlerStats
 from morag_jobs.stages import get_stage_plan
@@ -34,7 +33,7 @@ ENDED_MEMORY = 600.0
 """Seconds an ended job is remembered, so late events on it are refused without a query."""
 ENDED_MEMORY_MAX = 100_000
 """At most this many ended jobs are remembered, however many ended within ``ENDED_MEMORY``."""
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 Listener = Callable[[str, Job], None]
 """Called with ("created" | "updated" | "completed" | "failed" | "cancelled", the job)."""

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import structlog
+from morag_jobs.logs import get_logger
 
 __all__ = [
     "FINGERPRINT_BYTES",
@@ -31,7 +31,7 @@ __all__ = [
     "sha",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 FINGERPRINT_BYTES = 64
 """How many bytes at a file's start (and before the checkpoint offset) identify it."""

@@ -22,10 +22,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from morag_jobs import settings
 from morag_jobs.events import ProgressEvent, utc_now
+from morag_jobs.logs import get_logger
 from morag_jobs.packs import (
     Pattern,
     PatternSet,
@@ -47,7 +46,7 @@ from morag_jobs.values import (
 
 __all__ = ["ParserStats", "ProgressEventParser"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 

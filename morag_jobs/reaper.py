@@ -20,17 +20,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import structlog
-
 from morag_jobs import _config, rules, settings
 from morag_jobs.events import utc_now
 from morag_jobs.handler import ProgressHandler
+from morag_jobs.logs import get_logger
 from morag_jobs.store import Job
 from morag_jobs.store.reaping import awaiting_redelivery, reaper_lock, stale_jobs
 
 __all__ = ["DEFAULT_TIMEOUT", "Pass", "Reaper", "interval_for", "reap", "reap_pass"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_TIMEOUT = _config.REAP_TIMEOUT
 """Seconds without a heartbeat after which a running job is reaped."""

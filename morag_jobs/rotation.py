@@ -19,14 +19,13 @@ import zlib
 from collections.abc import Callable
 from typing import IO, NamedTuple
 
-import structlog
-
 from morag_jobs.checkpoint import Mark
 from morag_jobs.logfile import FINGERPRINT_BYTES, OpenFile, open_file, sha
+from morag_jobs.logs import get_logger
 
 __all__ = ["Finished", "find_rotated", "generations", "unread_in_compressed_copy"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _MAX_SIBLINGS = 50
 _OPEN_TRIES = 200

@@ -11,9 +11,8 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import structlog
-
 from morag_jobs import _config
+from morag_jobs.logs import get_logger
 
 __all__ = [
     "Band",
@@ -23,7 +22,7 @@ __all__ = [
     "register_stage_plan",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 Band = tuple[float, float]
 

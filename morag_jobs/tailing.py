@@ -16,10 +16,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
-import structlog
-
 from morag_jobs.checkpoint import Mark
 from morag_jobs.logfile import UNBOUNDED, Block, OpenFile, open_file
+from morag_jobs.logs import get_logger
 from morag_jobs.rotation import (
     Finished,
     find_rotated,
@@ -30,7 +29,7 @@ from morag_jobs.rotation import (
 
 __all__ = ["FollowerStats", "Tail"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(slots=True)

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import httpx
-import structlog
 
 from morag_jobs import settings
 from morag_jobs.errors import WebhookURLRefused
 from morag_jobs.events import utc_now
+from morag_jobs.logs import get_logger
 from morag_jobs.store import JobStore
 from morag_jobs.store.outbox import OutboxStore, WebhookDelivery
 from morag_jobs.webhook_signing import parse_secret, signature_headers
@@ -34,7 +34,7 @@ from morag_jobs.webhook_urls import check_url
 
 __all__ = ["WebhookDeliverer"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _ERROR_CHARS = 1000
 """The most of an error kept on the row: the start of an error page says what went wrong."""

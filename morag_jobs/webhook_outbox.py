@@ -15,10 +15,9 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from morag_jobs.errors import StoreUnavailable
 from morag_jobs.events import utc_now
+from morag_jobs.logs import get_logger
 from morag_jobs.store import Job, JobStore
 from morag_jobs.store.outbox import (
     DELIVERY_STATUSES,
@@ -49,7 +48,7 @@ __all__ = [
     "remove_endpoint",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 EVENT_TYPES = {"completed": "job.completed", "failed": "job.failed", "cancelled": "job.cancelled"}
 """Handler listener event types that end a job, and the webhook ``type`` each becomes."""

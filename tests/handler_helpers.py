@@ -7,7 +7,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from structlog.testing import capture_logs
+from log_helpers import capture_logs
 
 from morag_jobs.events import ProgressEvent
 from morag_jobs.handler import ProgressHandler

@@ -246,6 +246,9 @@ def test_a_prefork_worker_process_runs_a_submitted_job_to_finished(
     assert progress == [25.0, 50.0, 75.0], (
         f"expected the child's three reports in the history: {describe(events)}")
     assert str(done.metadata.get("worker", "")).startswith(worker.queue), done.metadata
+    log = worker.tail()
+    assert "[debug" not in log and "DEBUG/" not in log, (
+        f"the library's debug lines stay out of a worker's INFO log:\n{log}")
 
 
 def test_a_job_whose_worker_is_killed_is_failed_as_worker_lost(

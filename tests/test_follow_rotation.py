@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from structlog.testing import capture_logs
+from log_helpers import capture_logs
 
 from morag_jobs.follow import FollowedEvent, LogFollower
 from tests.test_follow import LogWriter, follow_while_writing, line, messages

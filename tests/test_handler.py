@@ -27,7 +27,7 @@ from handler_helpers import (
     progress_history,
     report_progress_in_process,
 )
-from structlog.testing import capture_logs
+from log_helpers import capture_logs
 
 from morag_jobs import InvalidProgress, ProgressEvent
 from morag_jobs.compat import ProgressHandler

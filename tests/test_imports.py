@@ -18,7 +18,7 @@ import morag_jobs
 
 HEAVY = ("sqlalchemy", "alembic", "fastapi", "starlette", "httpx", "httpcore", "celery",
          "kombu", "uvicorn", "typer", "pydantic")
-"""Not rich: structlog, which the parser logs with, loads it when installed (console renderer)."""
+"""What the parser must not load: the database, web and task-queue stacks."""
 
 
 def python(code: str, *args: str) -> subprocess.CompletedProcess[str]:

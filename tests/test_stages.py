@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from structlog.testing import capture_logs
+from log_helpers import capture_logs
 
 from morag_jobs.stages import StagePlan, clear_stage_plans, get_stage_plan, register_stage_plan
 

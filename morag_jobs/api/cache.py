@@ -18,14 +18,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
-import structlog
 from starlette.concurrency import run_in_threadpool
 
 from morag_jobs.errors import StoreUnavailable
+from morag_jobs.logs import get_logger
 
 __all__ = ["MISS", "RefreshingCache"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 K = TypeVar("K")
 V = TypeVar("V")

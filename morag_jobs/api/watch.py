@@ -30,19 +30,19 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, Generic, TypeVar
 
-import structlog
 from starlette.concurrency import run_in_threadpool
 
 from morag_jobs.api.schemas import job_json
 from morag_jobs.errors import StoreUnavailable
 from morag_jobs.events import utc_now
+from morag_jobs.logs import get_logger
 from morag_jobs.store import HistoryEntry, Job, JobStore
 from morag_jobs.store.reads import JobMove, JobReads, Seen
 
 __all__ = ["OVERLAP", "Batch", "Change", "JobFeed", "JobWatch", "SeenJobs", "feed_text",
            "history_text", "job_text", "sse"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 T = TypeVar("T")
 OVERLAP: Final = timedelta(seconds=2)

@@ -27,11 +27,11 @@ from pathlib import PurePath
 from typing import Any
 
 import click
-import structlog
 from celery import Celery, Task, bootsteps, signals
 from celery.utils import uuid as celery_uuid
 
 from morag_jobs.celery.runtime import Runtime, RuntimeConfig
+from morag_jobs.logs import get_logger
 from morag_jobs.reaper import Reaper
 from morag_jobs.stages import Band, StagePlan, register_stage_plan
 from morag_jobs.store import Job
@@ -43,7 +43,7 @@ from morag_jobs.webhook_urls import check_url
 
 __all__ = ["JOB_HEADER", "install", "submit"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 JOB_HEADER = "morag_job_id"
 _OPTIONS = {  # celery worker option -> RuntimeConfig field

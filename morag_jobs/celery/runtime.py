@@ -11,18 +11,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from celery.states import READY_STATES
 
 from morag_jobs.events import ProgressEvent
 from morag_jobs.handler import ProgressHandler
+from morag_jobs.logs import get_logger
 from morag_jobs.task import runtime as task_runtime
 from morag_jobs.task.context import JobContext
 from morag_jobs.webhook_outbox import attach_outbox
 
 __all__ = ["Runtime", "RuntimeConfig"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Unpack
 
-import structlog
 from sqlalchemy import Connection, Engine, delete, func, inspect, select
 from sqlalchemy.exc import (
     DBAPIError,
@@ -30,6 +29,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from morag_jobs import settings
 from morag_jobs.errors import ConcurrencyConflict, JobExists, JobNotFound, StoreUnavailable
 from morag_jobs.events import utc_now
+from morag_jobs.logs import get_logger
 from morag_jobs.stages import StagePlan
 from morag_jobs.store import queries as q
 from morag_jobs.store.engine import create_store_engine, masked_url, parse_url
@@ -49,7 +49,7 @@ __all__ = [
 _OUTAGES = (DBAPIError, PoolTimeout, DisconnectionError)
 """What the store reports as ``StoreUnavailable``: the driver's errors and the pool's (all
 connections busy, a connection lost). SQLAlchemy's usage errors stay what they are: bugs."""
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 Mutation = Callable[[Job], tuple[JobChanges, Mapping[str, Any] | None] | None]
 """The handler's rules as a pure function: a snapshot in, (changes, history) or None out."""

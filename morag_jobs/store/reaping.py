@@ -28,9 +28,9 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-import structlog
 from sqlalchemy import Engine, func, select
 
+from morag_jobs.logs import get_logger
 from morag_jobs.store import queries as q
 from morag_jobs.store.records import Job, JobStatus
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["REDELIVERY_DEADLINE", "awaiting_redelivery", "reaper_lock", "stale_jobs"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 REDELIVERY_DEADLINE = "redelivery_deadline"
 """The metadata key of a job the reaper sent back to PENDING to await its redelivery."""

@@ -23,11 +23,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-
 from morag_jobs import _config, settings
 from morag_jobs.events import ProgressEvent
 from morag_jobs.handler import ProgressHandler
+from morag_jobs.logs import get_logger
 from morag_jobs.parser import ProgressEventParser
 from morag_jobs.reaper import DEFAULT_TIMEOUT
 from morag_jobs.store import JobStore
@@ -35,7 +34,7 @@ from morag_jobs.task.context import JobContext, bind, unbind
 
 __all__ = ["Runtime", "RuntimeConfig", "default_runtime", "job_context", "set_default_runtime"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
