@@ -7,12 +7,11 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from log_helpers import capture_logs
-
 from morag_jobs.events import ProgressEvent
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.stages import StagePlan
 from morag_jobs.store import HistoryEntry, JobStore
+from tests.log_helpers import capture_logs
 
 PLAN = StagePlan({"download": (0, 10), "processing": (10, 70), "indexing": (70, 100)})
 

@@ -27,7 +27,6 @@ import pytest
 import redis
 from celery import Task
 from celery.result import AsyncResult
-from handler_helpers import handler_of
 
 from morag_jobs.celery import Runtime, RuntimeConfig, report_progress, submit
 from morag_jobs.reaper import reap
@@ -35,6 +34,7 @@ from morag_jobs.store import Job, JobStatus, JobStore
 from morag_jobs.task.runtime import default_runtime, set_default_runtime
 from tests import celery_app as tasks
 from tests.celery_app import describe, history, wait_for_job
+from tests.handler_helpers import handler_of
 from tests.services import own_redis_keys
 
 pytestmark = [pytest.mark.celery, pytest.mark.redis, pytest.mark.postgres]
