@@ -35,10 +35,11 @@ class KeywordLogger:
     def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
 
-    def _log(self, level: int, event: str, fields: dict[str, Any], exc_info: bool = False) -> None:
+    def _log(self, level: int, event: str, fields: dict[str, Any], exc_info: Any = False) -> None:
         logger = self.logger
         if not logger.isEnabledFor(level):
             return
+        exc_info = fields.pop("exc_info", exc_info)
         if fields:
             rendered = " ".join(f"{key}={value!r}" if isinstance(value, str) and (
                 not value or " " in value) else f"{key}={value}" for key, value in fields.items())

@@ -17,6 +17,7 @@ import redis
 from celery import Celery, Task
 from celery.contrib.testing.worker import start_worker
 from celery.result import AsyncResult
+from celery_progress.backend import Progress
 
 from morag_jobs.celery import submit
 from morag_jobs.celery.plugin import _redelivered_if_lost
@@ -397,6 +398,32 @@ def test_a_running_task_shows_celery_progress_state_in_the_result_backend(
     assert set(info) >= {"pending", "current", "total", "percent", "description"}, info
     assert result.get(timeout=15) == 10
     assert result.state == "SUCCESS"
+
+
+def test_celery_progress_sees_the_jobs_overall_percentage_never_going_back(
+    worker: InProcessWorker, store: JobStore
+) -> None:
+    """celery-progress's own ``Progress(...).get_info()`` over a staged task.
+
+    Version 0 mirrored the percentage within the current stage: a client saw 100 (the
+    download stage done), then 20, 40 ... of the processing stage, then 50 of indexing.
+    """
+    job = submit(tasks.transcribe, (6, 0.15), job_type=AUDIO, stages=AUDIO_PLAN)
+    result = AsyncResult(job.metadata["task_id"], app=tasks.app)
+    seen: list[float] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        info = Progress(result).get_info()
+        if info["complete"]:
+            break
+        if info["state"] == "PROGRESS":
+            seen.append(info["progress"]["percent"])
+        time.sleep(0.02)
+    assert info["complete"] and info["success"], info
+    assert len(set(seen)) >= 3, f"expected the bar to move through the stages: {seen}"
+    assert seen == sorted(seen), f"celery-progress saw the bar go back: {seen}"
+    assert min(seen) < 70.0 <= max(seen), (
+        f"expected overall percentages across the processing band (10..70): {seen}")
 
 
 # -- a worker at its default log level ------------------------------------------------------

@@ -13,9 +13,9 @@ from typing import Any
 
 from celery.states import READY_STATES
 
-from morag_jobs.events import ProgressEvent
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.logs import get_logger
+from morag_jobs.store import Job
 from morag_jobs.task import runtime as task_runtime
 from morag_jobs.task.context import JobContext
 from morag_jobs.webhook_outbox import attach_outbox
@@ -44,7 +44,9 @@ class Runtime(task_runtime.Runtime):
         self._mirrored: dict[str, float] = {}
 
     def _assemble(self, handler: ProgressHandler) -> ProgressHandler:
-        """A worker ends jobs: their completion webhooks go to the durable outbox."""
+        """A worker ends jobs: their completion webhooks go to the durable outbox; running
+        jobs are mirrored into the result backend for celery-progress clients."""
+        handler.add_listener(self._mirror)
         return attach_outbox(handler)
 
     def _forget_parent(self) -> None:
@@ -57,25 +59,39 @@ class Runtime(task_runtime.Runtime):
     def _flusher_stopped(self) -> None:
         _close_thread_backend(self.app)
 
-    def _published(self, context: JobContext, event: ProgressEvent) -> None:
-        """celery-progress's PROGRESS state in the result backend, at most once a second."""
-        if not self.config.celery_progress or self.app is None or context.task_id is None:
-            return
+    def close(self) -> None:
+        super().close()
+        _close_thread_backend(self.app)  # the writer thread's, closed with the handler
+
+    def _mirror(self, event_type: str, job: Job) -> None:
+        """celery-progress's PROGRESS state for a job running here, after each write.
+
+        A listener on the handler, so it sees the job as written: its overall percentage
+        (mapped through the stage plan, never going down) is celery-progress's
+        ``percent``; ``current``/``total`` are the stage's counts when it has them. At most
+        once per ``celery_progress_interval`` per job; ending states are Celery's own.
+        """
+        if (event_type != "updated" or job.percentage <= 0.0 or not self.config.celery_progress
+                or self.app is None):
+            return  # 0% (the start) is what celery-progress shows for a STARTED task
         now = time.monotonic()
-        if now - self._mirrored.get(context.job_id, 0.0) < self.config.celery_progress_interval:
+        if now - self._mirrored.get(job.id, 0.0) < self.config.celery_progress_interval:
             return
         backend = self.app.backend
         if type(backend).__name__ == "DisabledBackend":
             return
-        meta = {"pending": False, "current": event.current if event.current is not None else
-                round(event.percent or 0.0, 2), "total": event.total or 100,
-                "percent": round(event.percent or 0.0, 2), "description": event.message}
+        percent = round(job.percentage, 2)
+        counted = job.current is not None and job.total
+        meta = {"pending": False, "current": job.current if counted else percent,
+                "total": job.total if counted else 100, "percent": percent,
+                "description": job.summary, "stage": job.stage}
         # Under the lock ``end`` takes: a task that has ended is never mirrored again, and
         # a final state already in the backend is never overwritten with PROGRESS.
         with self._lock:
-            if context not in self._contexts:
+            context = next((c for c in self._contexts if c.job_id == job.id), None)
+            if context is None or context.task_id is None:
                 return
-            self._mirrored[context.job_id] = now
+            self._mirrored[job.id] = now
             try:
                 if backend.get_state(context.task_id) not in READY_STATES:
                     backend.store_result(context.task_id, meta, "PROGRESS")

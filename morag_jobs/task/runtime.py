@@ -5,8 +5,8 @@ state into events for the ``ProgressHandler`` once per interval (so a tight loop
 ``report_progress`` calls costs no I/O), keeps running jobs' heartbeats fresh for the
 reaper, and drives the job through its lifecycle (start, completion, failure). It knows
 no task framework: an adapter (``morag_jobs.celery``) calls ``begin``/``start``/
-``complete`` from its framework's hooks, and may subclass it to publish progress
-elsewhere too (``_published``).
+``complete`` from its framework's hooks, and may subclass it to attach listeners of its
+own (``_assemble``).
 
 A forked pool child must not share its parent's database connections or threads, so
 the runtime rebuilds its handler the first time it is used in a new process.
@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from morag_jobs import _config, settings
-from morag_jobs.events import ProgressEvent
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.logs import get_logger
 from morag_jobs.parser import ProgressEventParser
@@ -143,13 +142,13 @@ class Runtime:
     def end(self, context: JobContext) -> None:
         """Hand the job's last reported state to the handler and stop tracking it.
 
-        Not published (``_published``): the framework has stored the task's final state
-        by the time its hooks call this, and it must stay.
+        Untracked first: an adapter's listener mirrors only jobs still running here, and
+        the framework has stored the task's final state by the time its hooks call this.
         """
         with self._lock:
             self._contexts.discard(context)
             self._untracked(context)
-        self._push(context, publish=False)
+        self._push(context)
 
     def complete(self, context: JobContext, success: bool, message: str) -> None:
         """The task ended: the last progress, then FINISHED or FAILED, written now."""
@@ -162,7 +161,7 @@ class Runtime:
 
     def fail(self, context: JobContext, message: str) -> None:
         """A stage failed inside a running task: the job is FAILED now."""
-        self._push(context, publish=False)
+        self._push(context)
         context.known = True
         self.handler.handle_job_completion(context.job_id, False, message)
 
@@ -197,9 +196,6 @@ class Runtime:
 
     # -- what an adapter adds -----------------------------------------------------------
 
-    def _published(self, context: JobContext, event: ProgressEvent) -> None:
-        """A running job's progress was handed to the handler (an adapter may mirror it)."""
-
     def _untracked(self, context: JobContext) -> None:
         """A job stopped running here (called under ``_lock``)."""
 
@@ -212,12 +208,10 @@ class Runtime:
         with self._lock:
             return list(self._contexts)
 
-    def _push(self, context: JobContext, *, publish: bool = True) -> None:
+    def _push(self, context: JobContext) -> None:
         event = context.take()
         if event is not None:
             self.handler.apply(event, context.job_id)
-            if publish:
-                self._published(context, event)
 
     def _run(self) -> None:
         try:
