@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -186,7 +186,7 @@ class ProgressHandler:
 
     def handle_job_completion(
         self, job_id: str, success: bool, final_message: str | None = None, *,
-        result: Mapping[str, Any] | None = None, worker_id: str | None = None,
+        result: Any = None, worker_id: str | None = None,
     ) -> bool:
         """End the job: FINISHED at 100%, or FAILED keeping its percentage. Written now.
 
@@ -199,7 +199,7 @@ class ProgressHandler:
                 return outcome
             changes: JobChanges = {**outcome[0]}
             if result is not None:
-                changes["metadata"] = {**job.metadata, "result": dict(result)}
+                changes["metadata"] = {**job.metadata, "result": result}
             if worker_id is not None:
                 changes["worker_id"] = worker_id
             return changes, outcome[1]

@@ -143,6 +143,9 @@ def progress(job: Job, event: ProgressEvent, verdict: Verdict | None = None) -> 
     if verdict.stage != job.stage:
         changes["stage"] = verdict.stage
         changes["stage_percent"] = verdict.stage_percent
+        # A stage's counts are its own: "items 150/150" of the download must not show
+        # during the alignment (the event's own counts, if any, are set below).
+        changes["current"] = changes["total"] = None
     elif verdict.stage_percent is not None:
         changes["stage_percent"] = max(job.stage_percent or 0.0, verdict.stage_percent)
     if event.sequence is not None:
@@ -214,7 +217,7 @@ def completion(
         if job.stages is not None:
             changes["stage"] = job.stages.names[-1]
             changes["stage_percent"] = 100.0
-        if message:
+        if message:  # else the task's last message stays; the ending is in the history
             changes["summary"] = message
     else:
         changes["error"] = message or "failed"

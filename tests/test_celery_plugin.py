@@ -164,6 +164,8 @@ def test_progress_callback_maps_a_stage_fraction_onto_the_stage_plan(
                if e.stage in ("download", "processing")), describe(progress)
     assert any(e.stage == "indexing" and e.percentage == 85.0 for e in progress), (
         f"expected indexing 50% to be 85% overall: {describe(progress)}")
+    assert done.summary == "indexing", "the task's last message stays the job's message"
+    assert done.metadata["result"] == "transcribed", "a small return value is kept"
 
 
 def test_a_task_sent_with_delay_gets_a_job_whose_id_is_the_task_id(

@@ -172,6 +172,35 @@ def test_stages_only_move_forward(store: JobStore, handler: ProgressHandler) -> 
     assert job.summary != "late"
 
 
+def test_a_stage_change_clears_the_counts_of_the_stage_before(
+    store: JobStore, handler: ProgressHandler
+) -> None:
+    """"items 150/150" of the download must not show during the processing stage."""
+    store.create_job(job_id="counts", stages=PLAN)
+    job = applied_now(handler, "counts", percent=100.0, stage="download", current=150,
+                      total=150)
+    assert (job.current, job.total) == (150, 150)
+    job = applied_now(handler, "counts", percent=20.0, stage="processing")
+    assert (job.stage, job.current, job.total) == ("processing", None, None)
+    job = applied_now(handler, "counts", percent=50.0, stage="processing", current=3, total=6)
+    assert (job.current, job.total) == (3, 6), "the new stage's own counts are kept"
+    job = applied_now(handler, "counts", percent=60.0, stage="processing")
+    assert (job.current, job.total) == (3, 6), "within a stage, counts stay until replaced"
+
+
+def test_a_success_without_a_message_keeps_the_last_one_and_the_result(
+    store: JobStore, handler: ProgressHandler
+) -> None:
+    store.create_job(job_id="kept")
+    applied_now(handler, "kept", percent=90.0, message="aligned 412 segments")
+    assert handler.handle_job_completion("kept", True, result={"words": 3, "lang": "en"})
+    job = store.require_job("kept")
+    assert (job.status, job.summary) == (JobStatus.FINISHED, "aligned 412 segments")
+    assert job.metadata["result"] == {"words": 3, "lang": "en"}
+    assert [e.kind for e in store.history("kept")][-1] == "completion", (
+        "the ending itself is in the history")
+
+
 # -- monotonic percentage ----------------------------------------------------------------
 
 

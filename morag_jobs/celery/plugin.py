@@ -20,6 +20,7 @@ Settings, strongest first: ``install``'s arguments, the ``celery worker`` option
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import fields, replace
@@ -230,10 +231,11 @@ def _connect(app: Celery, runtime: Runtime) -> None:
         except Exception:  # bookkeeping never stops the task from running
             log.exception("could not mark job started", job_id=context.job_id)
 
-    def on_success(sender: Task, **_: Any) -> None:
+    def on_success(sender: Task, result: Any = None, **_: Any) -> None:
         context = current()
         if ours(sender) and context is not None:
-            runtime.complete(context, True, f"{sender.name} succeeded")
+            # The task's last message stays the job's; its return value is kept if small.
+            runtime.complete(context, True, None, result=small_result(result))
 
     def on_failure(sender: Task, exception: BaseException, **_: Any) -> None:
         context = current()
@@ -310,3 +312,19 @@ def _shared_tap() -> LogTap:
     if _tap is None:
         _tap = LogTap()
     return _tap
+
+
+RESULT_LIMIT = 4096
+"""Bytes of JSON at most for a task's return value to be kept on its job."""
+
+
+def small_result(value: Any) -> Any:
+    """A task's return value as kept in the job's ``metadata["result"]``: JSON of at most
+    ``RESULT_LIMIT`` bytes, else None (the result backend holds the real thing)."""
+    if value is None:
+        return None
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return value if len(text.encode()) <= RESULT_LIMIT else None

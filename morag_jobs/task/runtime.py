@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from morag_jobs import _config, settings
 from morag_jobs.handler import ProgressHandler
@@ -150,14 +151,17 @@ class Runtime:
             self._untracked(context)
         self._push(context)
 
-    def complete(self, context: JobContext, success: bool, message: str) -> None:
-        """The task ended: the last progress, then FINISHED or FAILED, written now."""
+    def complete(
+        self, context: JobContext, success: bool, message: str | None, *, result: Any = None
+    ) -> None:
+        """The task ended: the last progress, then FINISHED or FAILED, written now.
+
+        ``message`` None keeps the task's last message as the job's; ``result`` (a small
+        JSON value) is kept in the job's metadata.
+        """
         self.end(context)
         if context.known:
-            if success:
-                self.handler.handle_job_completion(context.job_id, True, message)
-            else:
-                self.handler.handle_job_completion(context.job_id, False, message)
+            self.handler.handle_job_completion(context.job_id, success, message, result=result)
 
     def fail(self, context: JobContext, message: str) -> None:
         """A stage failed inside a running task: the job is FAILED now."""
