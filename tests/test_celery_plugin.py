@@ -19,8 +19,10 @@ from celery.contrib.testing.worker import start_worker
 from celery.result import AsyncResult
 from celery_progress.backend import Progress
 
-from morag_jobs.celery import submit
+from morag_jobs import _config
+from morag_jobs.celery import JOB_TYPE_HEADER, SubmittedJob, submit
 from morag_jobs.celery.plugin import _redelivered_if_lost
+from morag_jobs.stages import register_stage_plan
 from morag_jobs.store import Job, JobStatus, JobStore
 from morag_jobs.store.engine import masked_url, parse_url
 from tests import celery_app as tasks
@@ -178,6 +180,51 @@ def test_a_task_sent_with_delay_gets_a_job_whose_id_is_the_task_id(
         "expected the one report, flushed before the completion, in the history")
     assert result.get(timeout=10) == result.id, (
         "expected get_current_job_id() inside the task to be its task id")
+
+
+def test_a_task_sent_with_delay_shows_as_pending_from_the_moment_it_is_queued(
+    worker: InProcessWorker, store: JobStore
+) -> None:
+    """The job is created when the task is published (``before_task_publish``), typed by
+    the task's name, so a plan registered for that name applies to plain ``.delay()``."""
+    register_stage_plan(tasks.transcribe.name, AUDIO_PLAN)
+    try:
+        queued = tasks.transcribe.apply_async((3, 0.05), countdown=1.5)
+        job = store.require_job(queued.id)  # no worker has seen it yet
+        assert (job.status, job.job_type, job.name) == (
+            JobStatus.PENDING, tasks.transcribe.name, tasks.transcribe.name)
+        assert job.stages == AUDIO_PLAN, "the plan registered for the task's name"
+        assert job.metadata["task_id"] == queued.id
+        done = wait_for_job(store, queued.id, finished, "the job to end")
+    finally:
+        _config.stage_plans.pop(tasks.transcribe.name, None)
+    progress = [e.percentage for e in history(store, queued.id, "progress")]
+    assert done.status is JobStatus.FINISHED and max(progress) == 85.0, (
+        f"expected 'indexing 50%' mapped through the plan to 85%, not taken as overall: "
+        f"{progress}")
+
+
+def test_a_job_type_header_types_a_plainly_sent_task(
+    worker: InProcessWorker, store: JobStore
+) -> None:
+    sent = tasks.report_once.apply_async((30.0,), headers={JOB_TYPE_HEADER: AUDIO})
+    assert store.require_job(sent.id).job_type == AUDIO
+    assert store.require_job(sent.id).stages == AUDIO_PLAN
+    wait_for_job(store, sent.id, finished, "the job to end")
+
+
+def test_submit_returns_the_job_and_celerys_async_result(
+    worker: InProcessWorker, store: JobStore
+) -> None:
+    job = submit(tasks.count_up, (2,), name="two steps")
+    assert isinstance(job, SubmittedJob) and isinstance(job.async_result, AsyncResult)
+    assert job.task_id == job.async_result.id == job.metadata["task_id"]
+    assert (job.name, job.status) == ("two steps", JobStatus.PENDING)
+    assert job.async_result.get(timeout=15) == 2
+    assert wait_for_job(store, job.id, finished, "the job to end").status is JobStatus.FINISHED
+    same_task = [j.id for j in store.list_jobs(limit=None, job_type=tasks.count_up.name)
+                 if j.metadata.get("task_id") == job.task_id]
+    assert same_task == [job.id], "one job: publishing a submitted task creates no second one"
 
 
 def test_a_failing_task_fails_its_job_keeping_the_percentage_and_the_error(

@@ -24,8 +24,9 @@ from morag_jobs._extras import require
 
 require("morag_jobs.celery", "celery", "kombu")
 
-from morag_jobs.celery.plugin import JOB_HEADER, install, submit
+from morag_jobs.celery.plugin import install
 from morag_jobs.celery.runtime import Runtime, RuntimeConfig
+from morag_jobs.celery.sending import JOB_HEADER, JOB_TYPE_HEADER, SubmittedJob, submit
 from morag_jobs.task import (
     CommandFailed,
     JobContext,
@@ -44,6 +45,7 @@ from morag_jobs.task import (
 
 __all__ = [
     "JOB_HEADER",
+    "JOB_TYPE_HEADER",
     "CommandFailed",
     "JobContext",
     "LogTap",
@@ -51,6 +53,7 @@ __all__ = [
     "Runtime",
     "RuntimeConfig",
     "Stage",
+    "SubmittedJob",
     "default_runtime",
     "get_current_job_id",
     "install",

@@ -29,24 +29,27 @@ from typing import Any
 
 import click
 from celery import Celery, Task, bootsteps, signals
-from celery.utils import uuid as celery_uuid
 
 from morag_jobs.celery.runtime import Runtime, RuntimeConfig
+from morag_jobs.celery.sending import (
+    JOB_HEADER,
+    JOB_TYPE_HEADER,
+    SubmittedJob,
+    connect_publisher,
+    submit,
+)
 from morag_jobs.logs import get_logger
 from morag_jobs.reaper import Reaper
 from morag_jobs.stages import Band, StagePlan, register_stage_plan
-from morag_jobs.store import Job
 from morag_jobs.task.context import JobContext, bind, current, unbind
 from morag_jobs.task.logtap import LogTap
 from morag_jobs.task.runtime import Runtime as TaskRuntime
 from morag_jobs.task.runtime import default_runtime, set_default_runtime
-from morag_jobs.webhook_urls import check_url
 
-__all__ = ["JOB_HEADER", "install", "submit"]
+__all__ = ["JOB_HEADER", "JOB_TYPE_HEADER", "SubmittedJob", "install", "submit"]
 
 log = get_logger(__name__)
 
-JOB_HEADER = "morag_job_id"
 _OPTIONS = {  # celery worker option -> RuntimeConfig field
     "morag_database": "database_url",
     "morag_interval": "interval",
@@ -75,6 +78,7 @@ def install(
     for job_type, plan in (stage_plans or {}).items():
         register_stage_plan(job_type, plan if isinstance(plan, StagePlan) else StagePlan(plan))
     _connect(app, runtime)
+    connect_publisher(app, runtime)
     app.steps["worker"].add(MoragJobsStep)
     app.user_options["worker"].add(click.Option(["--morag-database"], help="Job database URL."))
     app.user_options["worker"].add(click.Option(
@@ -88,40 +92,6 @@ def install(
         ["--morag-redelivery-timeout"], type=float,
         help="Fail a reaped job whose task is not delivered again within this long."))
     return runtime
-
-
-def submit(
-    task: Task,
-    args: tuple[Any, ...] = (),
-    kwargs: Mapping[str, Any] | None = None,
-    *,
-    name: str | None = None,
-    job_type: str | None = None,
-    user_id: str | None = None,
-    stages: StagePlan | None = None,
-    metadata: Mapping[str, Any] | None = None,
-    webhook_url: str | None = None,
-    **apply_async_options: Any,
-) -> Job:
-    """Create the job (PENDING), then send the task with the job id in its headers.
-
-    A ``webhook_url`` that is not absolute http(s) raises ``WebhookURLRefused`` here,
-    before anything is created, rather than failing at delivery after the job ended.
-    """
-    if webhook_url is not None:
-        check_url(webhook_url)
-    handler = default_runtime().handler
-    task_id = apply_async_options.pop("task_id", None) or celery_uuid()
-    job = handler.create_job(
-        name=name or task.name, job_type=job_type or task.name, user_id=user_id,
-        stages=stages, webhook_url=webhook_url,
-        metadata={**(metadata or {}), "task_name": task.name, "task_id": task_id},
-    )
-    handler.mappings.bind("task", task_id, job.id)
-    headers = {**apply_async_options.pop("headers", {}), JOB_HEADER: job.id}
-    task.apply_async(args, dict(kwargs or {}), task_id=task_id, headers=headers,
-                     **apply_async_options)
-    return job
 
 
 def _config(app: Celery, database_url: str | None, settings: Mapping[str, Any]) -> RuntimeConfig:
