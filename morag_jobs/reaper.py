@@ -15,6 +15,7 @@ of them lives; a pass first takes a lock across processes (see
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,7 +26,13 @@ from morag_jobs.events import utc_now
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.logs import get_logger
 from morag_jobs.store import Job
-from morag_jobs.store.reaping import awaiting_redelivery, reaper_lock, stale_jobs
+from morag_jobs.store.reaping import (
+    awaiting_redelivery,
+    expired_leases,
+    never_started,
+    reaper_lock,
+    stale_jobs,
+)
 
 __all__ = ["DEFAULT_TIMEOUT", "Pass", "Reaper", "interval_for", "reap", "reap_pass"]
 
@@ -51,10 +58,16 @@ def interval_for(timeout: float) -> float:
 
 def reap_pass(
     handler: ProgressHandler, timeout: float, *,
-    redelivery_timeout: float | None = None, now: datetime | None = None,
+    redelivery_timeout: float | None = None, pending_timeout: float | None = None,
+    now: datetime | None = None,
 ) -> Pass:
-    """One pass, if no other process is running one (``redelivery_timeout`` defaults to
-    ``MORAG_REDELIVERY_TIMEOUT``).
+    """One pass, if no other process is running one.
+
+    Each rule judges only the jobs it can: a job a Celery worker claimed by its heartbeat
+    (``timeout``), then by its redelivery deadline (``redelivery_timeout``, default
+    ``MORAG_REDELIVERY_TIMEOUT``); a remote job by its lease; a task queued but never
+    started by ``pending_timeout`` (default ``MORAG_PENDING_TIMEOUT``; ``math.inf``
+    never). A job nobody claimed (a followed log's, a script's) is never reaped.
 
     Verdicts are written through ``handler`` (``handle_job_lost``), so its listeners see
     a reaped job as they see any other change: the webhook outbox queues a reaped job's
@@ -67,16 +80,26 @@ def reap_pass(
         if not held:
             log.debug("reaper pass skipped: another process holds the lock")
             return Pass(False)
-        silent = _reap_silent(handler, timeout, waiting, now)
-        return Pass(True, silent + _reap_undelivered(handler, now))
+        reaped = _reap_silent(handler, timeout, waiting, now)
+        reaped += _reap_undelivered(handler, now)
+        reaped += _apply(handler, expired_leases(handler.store, now),
+                         lambda job: rules.lease_expired(job, now))
+        queued = settings.pending_timeout() if pending_timeout is None else pending_timeout
+        if queued is not None and queued < math.inf:
+            before = now - timedelta(seconds=queued)
+            reaped += _apply(handler, never_started(handler.store, before),
+                             lambda job: rules.never_started(job, queued, now))
+        return Pass(True, reaped)
 
 
 def reap(
     handler: ProgressHandler, timeout: float, *,
-    redelivery_timeout: float | None = None, now: datetime | None = None,
+    redelivery_timeout: float | None = None, pending_timeout: float | None = None,
+    now: datetime | None = None,
 ) -> list[Job]:
     """One pass (see ``reap_pass``); the jobs it reaped, none when it was skipped."""
-    return reap_pass(handler, timeout, redelivery_timeout=redelivery_timeout, now=now).reaped
+    return reap_pass(handler, timeout, redelivery_timeout=redelivery_timeout,
+                     pending_timeout=pending_timeout, now=now).reaped
 
 
 def _checked(timeout: float, redelivery_timeout: float | None) -> float:
@@ -118,7 +141,7 @@ def _apply(
         job = handler.handle_job_lost(candidate.id, mutate)
         if job is None:
             continue
-        log.warning("job reaped: worker lost", job_id=job.id, status=job.status.value,
+        log.warning("job reaped", job_id=job.id, status=job.status.value,
                     summary=job.summary)
         reaped.append(job)
     return reaped

@@ -158,6 +158,11 @@ def progress(job: Job, event: ProgressEvent, verdict: Verdict | None = None) -> 
     if job.status is JobStatus.PENDING and percentage > 0:
         changes["status"] = JobStatus.PROCESSING
         changes["started_at"] = job.started_at or now
+    if event.source == "remote" and job.claim in (None, "remote"):
+        # A remote worker answers for the job: each report renews its lease.
+        changes["claim"] = "remote"
+        if job.lease_seconds is not None:
+            changes["lease_until"] = now + timedelta(seconds=job.lease_seconds)
     history = {"source": event.source, "kind": "progress", "at": now,
                "reported_at": min(event.timestamp, now), "format": event.format}
     if event.message:
@@ -276,7 +281,8 @@ def start(job: Job, worker: str | None = None, *, redelivery_ok: bool = False) -
     if worker is not None:
         metadata["worker"] = worker
     changes: JobChanges = {"status": JobStatus.PROCESSING, "heartbeat_at": now,
-                           "started_at": job.started_at or now, "metadata": metadata}
+                           "started_at": job.started_at or now, "metadata": metadata,
+                           "claim": "celery"}
     verb = "started"
     if awaited:
         verb = "redelivered"
@@ -332,6 +338,26 @@ def redelivery_missed(job: Job, now: datetime | None = None) -> Outcome | None:
     waited = job.metadata.get(_REDELIVERY_TIMEOUT)
     within = f" within {waited:g}s" if isinstance(waited, int | float) else ""
     return _lost(job, f"worker lost; not redelivered{within}", now)
+
+
+def lease_expired(job: Job, now: datetime | None = None) -> Outcome | None:
+    """A remote job whose worker has not reported within its lease: FAILED."""
+    now = now or utc_now()
+    if (job.status.is_terminal or job.claim != "remote" or job.lease_until is None
+            or job.lease_until >= now):
+        return None
+    who = f" from {job.worker_id}" if job.worker_id else ""
+    return _lost(job, f"lease expired: no report{who} for {job.lease_seconds or 0:g}s", now)
+
+
+def never_started(job: Job, timeout: float, now: datetime | None = None) -> Outcome | None:
+    """A task queued ``timeout`` seconds ago that no worker ever started: FAILED (the
+    message was lost: a purged queue, a broker that lost it, a worker that never came)."""
+    now = now or utc_now()
+    if (job.status is not JobStatus.PENDING or job.claim != "queued" or job.created_at is None
+            or job.created_at + timedelta(seconds=timeout) >= now):
+        return None
+    return _lost(job, f"never started: queued for more than {timeout:g}s (task lost?)", now)
 
 
 def _not_awaiting(metadata: Mapping[str, Any]) -> dict[str, Any]:

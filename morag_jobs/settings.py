@@ -98,3 +98,14 @@ def redelivery_timeout() -> float:
     Celery to deliver its task again before it is FAILED (default 600)."""
     return _positive("MORAG_REDELIVERY_TIMEOUT", float, "600",
                      "the seconds a reaped job waits for its task to be delivered again")
+
+
+def pending_timeout() -> float | None:
+    """``MORAG_PENDING_TIMEOUT``: seconds a task sent to Celery may stay queued, never
+    started, before the reaper fails its job as lost (default 86400, a day; ``none``
+    never). Set it above the longest time a task may wait in a busy queue."""
+    raw = (os.environ.get("MORAG_PENDING_TIMEOUT") or "86400").strip()
+    if raw.lower() == "none":
+        return None
+    return _positive("MORAG_PENDING_TIMEOUT", float, "86400",
+                     "the seconds a queued task may wait before its job is failed, or none")

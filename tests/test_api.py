@@ -426,6 +426,20 @@ def test_healthz_and_routes_answer_503_when_the_database_is_unusable(
     assert "morag-jobs db upgrade" in response.json()["detail"]
     assert unusable.status_code == 503 and unusable.headers["retry-after"] == "5", (
         "a database error is a 503 that says to retry, never a 500")
+    assert "empty.db" not in response.text, "without a key, no database URL"
+
+
+def test_healthz_shows_the_database_to_an_admin_key_only(api: Api) -> None:
+    """A URL names a user, a host and a database: only an admin sees which one."""
+    anonymous = api.client.get("/healthz")
+    assert anonymous.status_code == 200 and anonymous.json() == {"status": "ok",
+                                                                  "database": None}
+    assert api.store.url not in anonymous.text
+    for key in (api.key("user", "ana"), api.key("worker", "w"), "mjk_0123456789ab_wrong"):
+        seen = api.client.get("/healthz", headers=api.auth(key))
+        assert seen.status_code == 200 and seen.json()["database"] is None, seen.text
+    admin = api.client.get("/healthz", headers=api.auth(api.key("admin")))
+    assert admin.json() == {"status": "ok", "database": api.store.url}
 
 
 # -- metrics ---------------------------------------------------------------------------------

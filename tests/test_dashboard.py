@@ -1,9 +1,11 @@
 """The dashboard (``GET /``): served safely, and live in a real browser.
 
-The browser test drives Debian's Chromium (``/usr/bin/chromium``, never a downloaded
+The browser tests drive Debian's Chromium (``/usr/bin/chromium``, never a downloaded
 one) with Playwright against the real server (uvicorn in a thread): progress reported
 through ``PUT /api/v1/remote-jobs/{id}/progress`` moves the job's bar without a reload,
-and the job's detail view shows its history as a timeline.
+the job count follows jobs arriving live, the list loads a page at a time, and the
+job's detail view shows its history as a chart and as a timeline grouped by stage.
+The phone layout (cards at 390 px) is tested in ``test_dashboard_mobile.py``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,8 @@ from playwright.sync_api import sync_playwright
 from morag_jobs.api import dashboard
 from morag_jobs.api.app import create_app
 from morag_jobs.api.auth import ApiKeys
-from morag_jobs.store import JobStore
+from morag_jobs.stages import StagePlan
+from morag_jobs.store import JobStatus, JobStore
 from tests.services import service_missing
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -70,6 +74,9 @@ def test_page_and_assets_are_served_with_a_strict_content_security_policy(
         script = client.get("/static/dashboard.js")
         assert script.headers["content-type"].startswith("text/javascript")
         assert "EventSource" in script.text and "innerHTML" not in script.text
+        assert "style-src 'self'" in policy and "unsafe-inline" not in policy
+        assert not re.search(r"setAttribute\(\s*[\"']style", script.text), \
+            "inline style attributes are refused by the policy"
         assert client.get("/static/dashboard.css").status_code == 200
         again = client.get("/", headers={"if-none-match": page.headers["etag"]})
         assert again.status_code == 304
@@ -119,6 +126,52 @@ def report(client: httpx.Client, job_id: str, percentage: float, message: str,
         body["stage"] = stage
     response = client.put(f"/api/v1/remote-jobs/{job_id}/progress?wait=true", json=body)
     assert response.status_code == 200, response.text
+
+
+def admin_client(store: JobStore, server: str) -> tuple[str, httpx.Client]:
+    _, admin = ApiKeys(store).create("admin", label="dashboard test")
+    return admin, httpx.Client(base_url=server, headers={"Authorization": f"Bearer {admin}"},
+                               timeout=10)
+
+
+@contextmanager
+def signed_in(server: str, key: str, width: int = 1280, height: int = 720) -> Iterator[Any]:
+    """A Chromium page on the dashboard, signed in with ``key`` and live; no page errors."""
+    chromium_or_skip()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                             args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            problems: list[str] = []
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+            page.goto(server + "/")
+            page.fill("#api-key", key)
+            page.click("[data-testid=save-key]")
+            page.wait_for_selector("[data-testid=connection][data-state=live]", timeout=WAIT_MS)
+            yield page
+            assert not problems, f"errors in the page: {problems}"
+        finally:
+            browser.close()
+
+
+def wait_for_text(page: Any, selector: str, text: str) -> None:
+    """Wait until ``selector``'s text is ``text``; the assertion says what it was."""
+    try:
+        page.wait_for_function(
+            "([s, t]) => document.querySelector(s)?.textContent.trim() === t",
+            arg=[selector, text], timeout=WAIT_MS,
+        )
+    except Exception:
+        shown = page.evaluate("s => document.querySelector(s)?.textContent", selector)
+        raise AssertionError(f"{selector} shows {shown!r}, not {text!r}") from None
+
+
+def row_ids(page: Any) -> list[str]:
+    return page.evaluate(
+        "() => [...document.querySelectorAll('[data-testid=job-row]')].map(r => r.dataset.jobId)"
+    )
 
 
 @pytest.mark.browser
@@ -213,3 +266,154 @@ def wait_for_bar(page: Any, job_id: str, width: str, text: str) -> None:
         arg=[job_id, width, text], timeout=WAIT_MS,
     )
     assert re.fullmatch(r"\d+(\.\d)?%", text)
+
+
+# -- the job count, live --------------------------------------------------------------
+
+
+@pytest.mark.browser
+def test_the_job_count_follows_jobs_that_arrive_enter_or_leave_live(
+    store: JobStore, server: str
+) -> None:
+    admin, api = admin_client(store, server)
+    store.create_job(name="first.mp4", job_type="video", user_id="ana")
+    store.create_job(name="second.mp4", job_type="video", user_id="ana")
+    with closing(api), signed_in(server, admin) as page:
+        wait_for_text(page, "[data-testid=summary]", "2 jobs")
+
+        arrived = store.create_job(name="arrived-live.mp4", job_type="video", user_id="ben")
+        page.wait_for_selector(f'[data-job-id="{arrived.id}"]', timeout=WAIT_MS)
+        wait_for_text(page, "[data-testid=summary]", "3 jobs")
+        assert row_ids(page)[0] == arrived.id, "the newest job is listed first"
+
+        # Under a status filter the count follows jobs entering and leaving that status.
+        page.select_option("[data-testid=status-filter]", "PROCESSING")
+        wait_for_text(page, "[data-testid=summary]", "0 processing jobs")
+        report(api, arrived.id, 10, "Downloading")
+        wait_for_text(page, "[data-testid=summary]", "1 processing job")
+        assert row_ids(page) == [arrived.id]
+        store.update_job(arrived.id, lambda j: ({"status": JobStatus.FINISHED,
+                                                 "percentage": 100.0}, None))
+        wait_for_text(page, "[data-testid=summary]", "0 processing jobs")
+        assert row_ids(page) == []
+
+
+# -- paging -----------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+def test_the_list_loads_a_page_at_a_time_and_filters_on_the_server(
+    store: JobStore, server: str
+) -> None:
+    admin, api = admin_client(store, server)
+    jobs = [store.create_job(name=f"batch-{i:03d}.wav", job_type="audio", user_id="ana")
+            for i in range(130)]
+    oldest_failed = [job.id for job in jobs[:3]]  # beyond the first page (100, newest first)
+    for job_id in oldest_failed:
+        store.update_job(job_id, lambda j: ({"status": JobStatus.FAILED, "error": "codec"}, None))
+    with closing(api), signed_in(server, admin) as page:
+        wait_for_text(page, "[data-testid=summary]", "100 of 130 jobs")
+        assert len(row_ids(page)) == 100
+        wait_for_text(page, "[data-testid=load-more]", "Load 30 more")
+
+        arrived = store.create_job(name="arrived-live.wav", job_type="audio", user_id="ana")
+        wait_for_text(page, "[data-testid=summary]", "101 of 131 jobs")
+        wait_for_text(page, "[data-testid=load-more]", "Load 30 more")
+
+        page.click("[data-testid=load-more]")
+        wait_for_text(page, "[data-testid=summary]", "131 jobs")
+        assert page.is_hidden("[data-testid=load-more]")
+        server_order = [job["id"] for job in
+                        api.get("/api/v1/jobs", params={"limit": 500}).json()["items"]]
+        assert row_ids(page) == server_order, "each job once, in the server's order"
+        assert server_order[0] == arrived.id
+
+        # The status filter asks the server, so it finds jobs no page has loaded yet.
+        page.reload()
+        wait_for_text(page, "[data-testid=summary]", "100 of 131 jobs")
+        page.select_option("[data-testid=status-filter]", "FAILED")
+        wait_for_text(page, "[data-testid=summary]", "3 failed jobs")
+        assert sorted(row_ids(page)) == sorted(oldest_failed)
+        assert page.is_hidden("[data-testid=load-more]")
+        page.select_option("[data-testid=status-filter]", "")
+        wait_for_text(page, "[data-testid=summary]", "100 of 131 jobs")
+
+
+# -- the progress chart and the history by stage ---------------------------------------
+
+
+def history(api: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    response = api.get(f"/api/v1/jobs/{job_id}/events", params={"limit": 1000})
+    assert response.status_code == 200, response.text
+    return list(response.json()["items"])
+
+
+def chart_points(page: Any) -> int:
+    points = page.get_attribute("[data-testid=chart-line]", "points")
+    return len(points.split())
+
+
+@pytest.mark.browser
+def test_the_detail_charts_progress_over_time_with_stage_bands_and_groups_by_stage(
+    store: JobStore, server: str
+) -> None:
+    admin, api = admin_client(store, server)
+    plan = StagePlan.from_weights({"download": 1, "transcription": 3, "indexing": 1})
+    job = store.create_job(name="lecture.mp4", job_type="video", user_id="ana", stages=plan)
+    for stage, steps in (("download", 2), ("transcription", 4)):
+        for step in range(steps + 1):
+            report(api, job.id, 100 * step / steps, f"{stage} {step}/{steps}", stage=stage)
+    plain = store.create_job(name="no-plan.mp3", job_type="audio", user_id="ana")
+    report(api, plain.id, 10, "fetching", stage="fetch")
+    report(api, plain.id, 40, "decoding", stage="decode")
+    report(api, plain.id, 60, "still decoding", stage="decode")
+
+    with closing(api), signed_in(server, admin) as page:
+        page.goto(f"{server}/#/jobs/{job.id}")
+        rows = history(api, job.id)
+        assert len(rows) == 8
+        page.wait_for_function(
+            "n => document.querySelector('[data-testid=chart-line]')?.dataset.points == n",
+            arg=len(rows), timeout=WAIT_MS,
+        )
+        assert page.is_visible("[data-testid=history-chart] svg")
+        assert chart_points(page) == len(rows), "one point per history row"
+        bands = page.eval_on_selector_all("[data-testid=chart-band]",
+                                          "els => els.map(e => e.dataset.stage)")
+        assert bands == ["download", "transcription", "indexing"], "the plan's bands"
+        # Higher percentages are drawn higher: the last point is above the first.
+        ys = [float(point.split(",")[1]) for point in
+              page.get_attribute("[data-testid=chart-line]", "points").split()]
+        assert ys[-1] < ys[0]
+
+        groups = page.eval_on_selector_all(
+            "[data-testid=stage-group]",
+            "els => els.map(g => [g.dataset.stage, "
+            "g.querySelectorAll('[data-testid=timeline-item]').length, "
+            "g.querySelector('details').open])")
+        assert groups == [["transcription", 5, True], ["download", 3, False]]
+        assert "5 updates" in page.inner_text("[data-testid=stage-group] summary")
+
+        # Live: a new row adds a point and, in a new stage, a new group on top.
+        report(api, job.id, 50, "indexing half", stage="indexing")
+        page.wait_for_function(
+            "() => document.querySelector('[data-testid=chart-line]').dataset.points == 9",
+            timeout=WAIT_MS,
+        )
+        assert chart_points(page) == len(history(api, job.id)) == 9
+        wait_for_text(page, "[data-testid=stage-group-name]", "indexing")
+        assert page.eval_on_selector_all("[data-testid=stage-group]", "els => els.length") == 3
+        page.screenshot(path=str(SCREENSHOT.with_name("dashboard-chart.png")), full_page=True)
+
+        # Without a plan the bands are the time spent in each stage.
+        page.goto(f"{server}/#/jobs/{plain.id}")
+        page.wait_for_function(
+            "() => document.querySelector('[data-testid=chart-line]')?.dataset.points == 3",
+            timeout=WAIT_MS,
+        )
+        bands = page.eval_on_selector_all("[data-testid=chart-band]",
+                                          "els => els.map(e => e.dataset.stage)")
+        assert bands == ["fetch", "decode"]
+        groups = page.eval_on_selector_all("[data-testid=stage-group]",
+                                           "els => els.map(g => g.dataset.stage)")
+        assert groups == ["decode", "fetch"]

@@ -75,6 +75,7 @@ class TestJobFields:
             finished_at=T0 + timedelta(seconds=3), last_progress_at=T0 + timedelta(seconds=4),
             heartbeat_at=T0 + timedelta(seconds=5), last_event_at=T0 + timedelta(seconds=6),
             last_event_clock="remote:w1", last_sequence=7, version=8, ignored_count=9,
+            claim="remote", lease_seconds=300.0, lease_until=T0 + timedelta(seconds=10),
         )
         unset = {f.name for f in fields(Job) if getattr(job, f.name) == getattr(Job("x"), f.name)}
         assert not unset, f"give every field a value other than its default: {sorted(unset)}"

@@ -33,6 +33,8 @@ def _assert_linear(name: str, run: Callable[[str], object], scale: int = 1) -> N
     worst = (0.0, "")
     for short, long in zip(adversarial(SHORT * scale), adversarial(LONG * scale), strict=True):
         grew = growth(run, short, long, floor=1e-4)
+        if grew >= GROWTH_LIMIT:  # a busy machine stretches one sample: best of more runs
+            grew = growth(run, short, long, repeats=7, floor=1e-4)
         if grew > worst[0]:
             worst = (grew, short[:40])
     assert worst[0] < GROWTH_LIMIT, (

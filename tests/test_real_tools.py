@@ -170,10 +170,10 @@ def test_tail_moves_the_job_to_the_tools_final_figure(
     path = tmp_path / "capture.log"
     path.write_bytes(capture.data)
     job = job_store.create_job(name=capture.name, job_type="tail")
-    handler = ProgressHandler(store=job_store, interval=30.0, auto_create_jobs=False,
-                              parser=ProgressEventParser(use_environment=False))
+    handler = ProgressHandler(store=job_store, interval=30.0, auto_create_jobs=False)
     try:
         with LogFollower(path, handler=handler, job_id=job.id, from_start=True,
+                         parser=ProgressEventParser(use_environment=False),
                          total=capture.truth.get("caller_total"),
                          duration=capture.truth.get("caller_duration")) as follower:
             follower.poll_once()

@@ -8,6 +8,7 @@ Jobs are crafted the way the worker plugin leaves them (``rules.start`` with or 
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ import pytest
 from handler_helpers import handler_of
 
 from morag_jobs import rules
-from morag_jobs.events import utc_now
+from morag_jobs.events import ProgressEvent, utc_now
 from morag_jobs.reaper import Pass, Reaper, reap, reap_pass
 from morag_jobs.store import Job, JobStatus, JobStore
 from tests.services import fresh_postgres_schema
@@ -282,3 +283,62 @@ def wait_until_ended(
         time.sleep(0.1)
     raise AssertionError(f"expected the server's reaper to end job {job_id} within {timeout}s; "
                          f"saw {store.require_job(job_id).status}\n{log.read_text()[-3000:]}")
+
+
+class TestOnlyJobsTheReaperCanJudge:
+    """Version 0 failed every silent PROCESSING job: a remote worker's, a followed log's."""
+
+    def test_a_job_nobody_claimed_is_never_reaped(self, store: JobStore) -> None:
+        handler = handler_of(store)
+        job = handler.create_job(name="followed log")  # as `morag-jobs tail` makes them
+        handler.apply(ProgressEvent(percent=40.0, source="log"), job.id, immediate=True)
+        later = utc_now() + timedelta(days=2)
+        assert reap(handler, TIMEOUT, now=later) == []
+        assert store.require_job(job.id).status is JobStatus.PROCESSING
+
+    def test_a_remote_job_without_a_lease_is_never_reaped(self, store: JobStore) -> None:
+        handler = handler_of(store)
+        job = handler.create_job(name="gpu box", worker_id="gpu-01")
+        handler.apply(ProgressEvent(percent=10.0, source="remote", worker_id="gpu-01"),
+                      job.id, immediate=True)
+        assert store.require_job(job.id).claim == "remote"
+        assert reap(handler, TIMEOUT, now=utc_now() + timedelta(days=2)) == []
+
+    def test_a_remote_job_is_failed_when_its_lease_runs_out(self, store: JobStore) -> None:
+        handler = handler_of(store)
+        job = handler.create_job(name="gpu box", worker_id="gpu-01", lease_seconds=30.0)
+        report = ProgressEvent(percent=10.0, source="remote", worker_id="gpu-01")
+        first = handler.apply(report, job.id, immediate=True).job
+        assert first is not None and first.lease_until is not None
+        assert reap(handler, TIMEOUT, now=first.lease_until - timedelta(seconds=1)) == []
+        renewed = handler.apply(ProgressEvent(percent=20.0, source="remote"), job.id,
+                                immediate=True).job
+        assert renewed is not None and renewed.lease_until is not None
+        assert renewed.lease_until > first.lease_until, "each report renews the lease"
+        assert reap(handler, TIMEOUT, now=renewed.lease_until - timedelta(seconds=1)) == []
+        [expired] = reap(handler, TIMEOUT, now=renewed.lease_until + timedelta(seconds=1))
+        assert (expired.id, expired.status) == (job.id, JobStatus.FAILED)
+        assert expired.error == "lease expired: no report from gpu-01 for 30s"
+        assert expired.percentage == 20.0, "FAILED keeps the percentage reached"
+
+    def test_a_task_queued_and_never_started_is_failed_after_the_pending_timeout(
+        self, store: JobStore
+    ) -> None:
+        handler = handler_of(store)
+        lost = handler.create_job(name="lost", claim="queued", metadata={"task_id": "t-9"})
+        created = lost.created_at
+        assert created is not None
+        soon = created + timedelta(seconds=59)
+        assert reap(handler, TIMEOUT, pending_timeout=60, now=soon) == []
+        later = created + timedelta(seconds=61)
+        assert reap(handler, TIMEOUT, pending_timeout=math.inf, now=later) == [], "never"
+        [failed] = reap(handler, TIMEOUT, pending_timeout=60, now=later)
+        assert failed.status is JobStatus.FAILED
+        assert failed.error == "never started: queued for more than 60s (task lost?)"
+
+    def test_a_job_created_by_hand_waits_pending_forever(self, store: JobStore) -> None:
+        handler = handler_of(store)
+        job = handler.create_job(name="waits for a remote worker")
+        later = utc_now() + timedelta(days=30)
+        assert reap(handler, TIMEOUT, pending_timeout=60, now=later) == []
+        assert store.require_job(job.id).status is JobStatus.PENDING

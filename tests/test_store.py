@@ -16,7 +16,7 @@ from morag_jobs.errors import ConcurrencyConflict, JobExists, JobNotFound, Store
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.stages import StagePlan, clear_stage_plans, register_stage_plan
 from morag_jobs.store import Job, JobStatus, JobStore, MappingStore
-from morag_jobs.store.migrate import current_revision, head_revision
+from morag_jobs.store.migrate import VERSION_TABLE, current_revision, head_revision
 from morag_jobs.store.models import Base
 from morag_jobs.store.reaping import stale_jobs
 from tests.services import fresh_postgres_schema
@@ -230,15 +230,16 @@ def test_count_by_status_lists_every_status(store: JobStore, five_jobs: list[Job
     }
 
 
-def test_stale_jobs_are_processing_jobs_not_heard_from(store: JobStore) -> None:
-    quiet = store.create_job(job_id="quiet")
-    alive = store.create_job(job_id="alive")
-    done = store.create_job(job_id="done")
-    set_fields(store, quiet.id, status="PROCESSING", started_at=T0)
-    set_fields(store, alive.id, status="PROCESSING", started_at=T0, heartbeat_at=T0 + timedelta(1))
-    set_fields(store, done.id, status="FINISHED", started_at=T0)
+def test_stale_jobs_are_celery_jobs_not_heard_from(store: JobStore) -> None:
+    for job_id in ("quiet", "alive", "done", "unclaimed"):
+        store.create_job(job_id=job_id, claim=None if job_id == "unclaimed" else "celery")
+    set_fields(store, "quiet", status="PROCESSING", started_at=T0)
+    set_fields(store, "alive", status="PROCESSING", started_at=T0, heartbeat_at=T0 + timedelta(1))
+    set_fields(store, "done", status="FINISHED", started_at=T0)
+    set_fields(store, "unclaimed", status="PROCESSING", started_at=T0)
     stale = stale_jobs(store, older_than=T0 + timedelta(hours=1))
-    assert ids(stale) == ["quiet"], "only the PROCESSING job without a recent heartbeat is stale"
+    assert ids(stale) == ["quiet"], (
+        "only the PROCESSING job a Celery worker claimed, without a recent heartbeat, is stale")
 
 
 # -- the atomic update ------------------------------------------------------------------
@@ -454,7 +455,7 @@ def test_upgrade_creates_the_tables_and_is_idempotent(database_url: str) -> None
         assert not sa.inspect(store.engine).has_table("jobs"), "the schema starts empty"
         store.upgrade()
         tables = set(sa.inspect(store.engine).get_table_names())
-        assert {"jobs", "job_events", "job_mappings", "alembic_version"} <= tables
+        assert {"jobs", "job_events", "job_mappings", VERSION_TABLE} <= tables
         assert current_revision(store.engine) == head_revision()
         store.upgrade()
         assert store.create_job(job_id="after-upgrade").id == "after-upgrade"
@@ -463,7 +464,8 @@ def test_upgrade_creates_the_tables_and_is_idempotent(database_url: str) -> None
 def test_migrations_create_exactly_the_models(store: JobStore) -> None:
     store.get_job("warm-up")  # creates the tables
     with store.engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "version_table": VERSION_TABLE})
         differences = compare_metadata(context, Base.metadata)
     assert differences == [], "the migrations and models/ disagree; write a migration"
 

@@ -2,13 +2,17 @@
 
 The page (``static/dashboard.html``, ``.css``, ``.js``; vanilla JavaScript, nothing from a
 CDN) asks once for an API key and keeps it in the browser's local storage. It lists jobs
-with ``GET /api/v1/jobs``, applies the ``job`` events of ``GET /api/v1/stream`` as they
-come, and shows a job's history from ``GET /api/v1/jobs/{id}/events``. The routes here
-need no key (the files hold no data) and stay out of the OpenAPI schema.
+a page at a time with ``GET /api/v1/jobs`` (``limit``/``offset``, the status filter too),
+applies the ``job`` events of ``GET /api/v1/stream`` as they come (the job count with
+them), and shows a job's history from ``GET /api/v1/jobs/{id}/events`` as a chart (inline
+SVG built by the script) and as a list grouped by stage. Below 900 px wide each job is a
+card. The routes here need no key (the files hold no data) and stay out of the OpenAPI
+schema.
 
 A strict Content-Security-Policy allows only this server's own scripts, styles and API:
 job names and messages are inserted as text, and the policy is a second line of defence
-should that ever slip.
+should that ever slip. No inline styles either: the script sets SVG attributes and CSSOM
+properties (a bar's width), never a ``style`` attribute.
 """
 
 from __future__ import annotations

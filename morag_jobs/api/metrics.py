@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from morag_jobs.api.auth import bearer_token
 from morag_jobs.api.schemas import ErrorBody, Health
 from morag_jobs.errors import StoreUnavailable
 from morag_jobs.handler import ProgressHandler
@@ -167,17 +168,31 @@ async def metrics(request: Request) -> Response:
     responses={503: {"model": ErrorBody, "description": "The job database is unreachable."}},
     summary="Liveness and database check",
 )
-def healthz(request: Request) -> Any:
-    """200 when the job database answers a query on the job table, else 503 (no key needed)."""
+async def healthz(request: Request) -> Any:
+    """200 when the job database answers a query on the job table, else 503 (no key needed).
+
+    Without a key the answer says only that: which database, and why it failed, are shown
+    to an admin key alone (a URL names a user, a host and a database). A key that is not
+    an admin's is not refused (a health check must not fail on it); it just sees less.
+    """
     store: JobStore = request.app.state.morag.store
+    admin = await _is_admin(request)
     try:
-        store.list_jobs(limit=1)
+        await run_in_threadpool(store.list_jobs, limit=1)
     except StoreUnavailable as error:
-        reason = error.reason[:200]
-        return JSONResponse(
-            {"detail": f"job database {store.url} is not usable: {reason}; check that it "
-                       "is running and migrated ('morag-jobs db upgrade')"},
-            status_code=503,
-        )
-    return {"status": "ok", "database": store.url}
+        detail = ("the job database is not usable; check that it is running and migrated "
+                  "('morag-jobs db upgrade')")
+        if admin:
+            detail = (f"job database {store.url} is not usable: {error.reason[:200]}; check "
+                      "that it is running and migrated ('morag-jobs db upgrade')")
+        return JSONResponse({"detail": detail}, status_code=503)
+    return {"status": "ok", "database": store.url} if admin else {"status": "ok"}
+
+
+async def _is_admin(request: Request) -> bool:
+    key = bearer_token(request)
+    if key is None:
+        return False
+    found = await request.app.state.morag.keys.verify(key)
+    return found is not None and found.scope == "admin"
 

@@ -35,6 +35,7 @@ __all__ = [
     "EventOut",
     "EventPage",
     "Health",
+    "JobCreate",
     "JobOut",
     "JobPage",
     "ProgressUpdate",
@@ -158,6 +159,51 @@ class Completion(_Strict):
     ] = None
 
 
+class JobCreate(_Strict):
+    """A job made over HTTP: for a remote worker to report on, or for a system to track."""
+
+    name: Annotated[Text | None, Field(max_length=255)] = None
+    job_type: Annotated[
+        Annotated[str, Field(min_length=1, max_length=255, pattern=ID_PATTERN)] | None,
+        Field(description="Its type: a stage plan registered for it applies."),
+    ] = None
+    stages: Annotated[
+        dict[str, tuple[float, float]] | None,
+        Field(description="Its stage plan: stage name -> [start, end] of the overall 0-100, "
+                          'in order, e.g. {"download": [0, 10], "processing": [10, 100]}.'),
+    ] = None
+    worker_id: Annotated[
+        Annotated[str, Field(min_length=1, max_length=255, pattern=ID_PATTERN)] | None,
+        Field(description="The remote worker it is assigned to: that worker's key may report "
+                          "on it (a worker may hold many jobs)."),
+    ] = None
+    lease_seconds: Annotated[
+        float | Literal["none"] | None,
+        Field(description='Seconds the worker may go without a report before the job is '
+                          'failed ("lease expired"); each report renews it. None or "none": '
+                          "no lease."),
+    ] = None
+    user_id: Annotated[
+        Annotated[str, Field(min_length=1, max_length=255, pattern=ID_PATTERN)] | None,
+        Field(description="Whose job it is (admin keys only; a user key's jobs are its own)."),
+    ] = None
+    job_id: Annotated[
+        Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)] | None,
+        Field(description="An id of your own; a new one is made when absent."),
+    ] = None
+    metadata: Annotated[dict[str, Any], AfterValidator(storable_json)] = Field(
+        default_factory=dict)
+
+    def lease(self) -> float | None:
+        """The lease in seconds, None for none; a lease must be a positive finite number."""
+        if self.lease_seconds in (None, "none"):
+            return None
+        value = float(self.lease_seconds)  # type: ignore[arg-type]
+        if not 0 < value < math.inf:
+            raise ValueError(f"lease_seconds must be positive seconds or 'none', got {value}")
+        return value
+
+
 class UpdateAccepted(BaseModel):
     """What became of a progress report."""
 
@@ -198,6 +244,9 @@ class JobOut(BaseModel):
     last_sequence: int | None = None
     version: int
     ignored_count: int = 0
+    claim: str | None = None
+    lease_seconds: float | None = None
+    lease_until: datetime | None = None
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
@@ -255,7 +304,8 @@ class EventPage(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
-    database: str = Field(description="The database URL, password masked.")
+    database: str | None = Field(
+        None, description="The database URL, password masked (shown to an admin key only).")
 
 
 class ErrorBody(BaseModel):

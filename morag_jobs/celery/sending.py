@@ -79,6 +79,7 @@ def submit(
         name=name or task.name, job_type=job_type or task.name, user_id=user_id,
         stages=stages, webhook_url=webhook_url,
         metadata={**(metadata or {}), "task_name": task.name, "task_id": task_id},
+        claim="queued",
     )
     handler.mappings.bind("task", task_id, job.id)
     headers = {**apply_async_options.pop("headers", {}), JOB_HEADER: job.id}
@@ -111,7 +112,7 @@ def _created_at_publish(runtime: Runtime, headers: dict[str, Any] | None) -> Non
     try:
         runtime.handler.create_job(
             job_id=task_id, name=task_name, job_type=job_type,
-            metadata={"task_name": task_name, "task_id": task_id},
+            metadata={"task_name": task_name, "task_id": task_id}, claim="queued",
         )
     except JobExists:
         pass  # published again (a retry, a second installed app): the job is there

@@ -7,13 +7,14 @@ job, unreachable database, a job that failed), 2 bad arguments or unreadable inp
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from morag_jobs import __version__
 from morag_jobs._extras import missing, require
-from morag_jobs.cli import db, jobs, keys, parse, reap, serve, tail
+from morag_jobs.cli import create, db, jobs, keys, parse, reap, serve, tail
 from morag_jobs.cli import webhooks as webhooks_cli
 from morag_jobs.logs import configure_logging
 
@@ -33,8 +34,27 @@ def _demo() -> Callable[..., None]:
     return demo_needs_all
 
 
+class _Commands(TyperGroup):
+    """The root command: typer labels every flag ``<bool>`` in ``--help``, as if it took a
+    value (``--watch <bool>``); before any help is drawn, each flag of every command,
+    ``--help`` included, loses that label."""
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        _unlabel_flags(self, ctx)
+        return super().get_params(ctx)
+
+
+def _unlabel_flags(command: Any, ctx: typer.Context) -> None:
+    for param in [*command.params, command.get_help_option(ctx)]:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""  # typer shows a metavar in place of the type
+    for sub in getattr(command, "commands", {}).values():
+        _unlabel_flags(sub, ctx)
+
+
 app = typer.Typer(
     name="morag-jobs",
+    cls=_Commands,
     help="Real job progress for Celery workers.",
     no_args_is_help=True,
     add_completion=False,
@@ -44,6 +64,7 @@ app.command("status")(jobs.status)
 app.command("list")(jobs.list_jobs)
 app.command("history")(jobs.history)
 app.command("cancel")(jobs.cancel)
+app.command("create")(create.create)
 app.command("demo")(_demo())
 app.command("parse")(parse.parse)
 app.add_typer(db.app, name="db")

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
 
-__all__ = ["SQLITE_BUSY_TIMEOUT_S", "create_store_engine", "masked_url", "parse_url"]
+from morag_jobs._extras import PROVIDED_BY, MissingExtra
+
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT_S",
+    "create_store_engine",
+    "masked_url",
+    "parse_url",
+    "sqlite_file",
+]
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
@@ -33,11 +43,47 @@ def masked_url(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
+def sqlite_file(url: URL) -> Path | None:
+    """The file a SQLite URL names (relative to the working directory, as SQLite opens it);
+    None for other databases and in-memory SQLite. Asking creates nothing."""
+    if url.get_backend_name() != "sqlite":
+        return None
+    database = url.database or ""
+    if str(url.query.get("uri", "")).lower() in ("true", "1") and database.startswith("file:"):
+        if url.query.get("mode") == "memory":
+            return None
+        database = unquote(urlsplit(database).path)
+    return Path(database) if database not in ("", ":memory:") else None
+
+
 def create_store_engine(url: URL, *, echo: bool = False) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys per connection."""
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys per connection.
+
+    A driver that is not installed is one line naming the extra that installs it
+    (``MissingExtra``), or a ``ValueError`` for a driver no extra of ours installs.
+    """
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url, echo=echo)
-    return create_engine(url, echo=echo, pool_pre_ping=True)
+    try:
+        return create_engine(url, echo=echo, pool_pre_ping=True)
+    except ImportError as error:  # SQLAlchemy imports the driver here, not on connect
+        _missing_driver(url, error)
+
+
+_DATABASES = {"postgresql": "PostgreSQL", "mysql": "MySQL", "mssql": "SQL Server"}
+
+
+def _missing_driver(url: URL, error: ImportError) -> NoReturn:
+    """Raise the one-line error for a driver that cannot be imported; the import's own
+    traceback (SQLAlchemy's dialect machinery, ~45 lines) says nothing more."""
+    database = _DATABASES.get(url.get_backend_name(), url.get_backend_name())
+    module = (error.name or "").partition(".")[0]
+    if isinstance(error, ModuleNotFoundError) and module in PROVIDED_BY:
+        raise MissingExtra(database, PROVIDED_BY[module], [module]) from None
+    text = str(error).strip()
+    reason = text.splitlines()[0] if text else type(error).__name__
+    raise ValueError(f"{database} needs the {url.get_driver_name()} driver, which cannot "
+                     f"be imported: {reason}") from None
 
 
 def _sqlite_engine(url: URL, *, echo: bool) -> Engine:

@@ -14,6 +14,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Unpack
 
@@ -32,8 +34,8 @@ from morag_jobs.events import utc_now
 from morag_jobs.logs import get_logger
 from morag_jobs.stages import StagePlan
 from morag_jobs.store import queries as q
-from morag_jobs.store.engine import create_store_engine, masked_url, parse_url
-from morag_jobs.store.migrate import migrate
+from morag_jobs.store.engine import create_store_engine, masked_url, parse_url, sqlite_file
+from morag_jobs.store.migrate import migrate as run_migrations
 from morag_jobs.store.records import HistoryEntry, Job, JobChanges, JobStatus
 
 __all__ = [
@@ -55,15 +57,27 @@ Mutation = Callable[[Job], tuple[JobChanges, Mapping[str, Any] | None] | None]
 """The handler's rules as a pure function: a snapshot in, (changes, history) or None out."""
 
 MAX_ID_LENGTH = 64
+_NO_TABLES = "the job tables (jobs, job_events, ...) are missing; run `morag-jobs db upgrade`"
+_NO_FILE = "the database file does not exist; run `morag-jobs db upgrade` to create it"
 
 
 class JobStore:
     """The durable job table on SQLite (default) or PostgreSQL.
 
-    ``create_tables=None`` creates the tables when a SQLite database has none; PostgreSQL
-    is migrated explicitly (``upgrade()`` or ``morag-jobs db upgrade``) unless told to.
-    Database errors after the first connection propagate as SQLAlchemy errors; the
-    caller (the handler) owns the retry policy.
+    ``migrate`` decides what the first use does to the schema:
+
+    - ``None`` (default): a SQLite database without the job table is created and
+      migrated; PostgreSQL is migrated explicitly (``upgrade()`` or ``morag-jobs db
+      upgrade``), and a PostgreSQL database without the tables is ``StoreUnavailable``
+      saying so.
+    - ``True``: migrate to the newest schema on first use, PostgreSQL included (safe
+      with many processes starting at once: migrations are serialized).
+    - ``False``: use the database as it is: never create a SQLite file or a table
+      (a missing one is ``StoreUnavailable`` saying to run ``morag-jobs db upgrade``).
+
+    ``create_tables`` is the older name of ``migrate`` and means the same.
+    Driver errors leave as ``StoreUnavailable`` (see ``_translated``); the caller (the
+    handler) owns the retry policy.
     """
 
     def __init__(
@@ -72,11 +86,15 @@ class JobStore:
         *,
         engine: Engine | None = None,
         history_limit: int | None = 1000,
+        migrate: bool | None = None,
         create_tables: bool | None = None,
         echo: bool = False,
     ) -> None:
         if history_limit is not None and history_limit < 1:
             raise ValueError(f"history_limit must be at least 1 (or None), not {history_limit}")
+        if None not in (migrate, create_tables) and migrate != create_tables:
+            raise ValueError(f"migrate={migrate} and create_tables={create_tables} disagree: "
+                             "pass migrate alone (create_tables is its older name)")
         self._owns_engine = engine is None
         if engine is None:
             engine = create_store_engine(parse_url(url or settings.database_url()), echo=echo)
@@ -85,7 +103,7 @@ class JobStore:
         self._history_limit = history_limit
         # Trim at most every ~10 % of the limit: a job may briefly hold that many extra events.
         self._trim_every = max(1, history_limit // 10) if history_limit else 0
-        self._create_tables = create_tables
+        self._migrate = migrate if migrate is not None else create_tables
         self._ready = False
         self._ready_lock = threading.Lock()
 
@@ -126,14 +144,32 @@ class JobStore:
     # -- schema -------------------------------------------------------------------------
 
     def upgrade(self) -> None:
-        """Run the packaged Alembic migrations up to the newest; a no-op when already there."""
+        """Run the packaged Alembic migrations up to the newest; a no-op when already there.
+
+        Creates a SQLite file that does not exist yet. A database whose revision this
+        version does not know raises ``MigrationFailed`` (a ``MoragJobsError``).
+        """
         self._check_reachable()
-        migrate(self._engine)
+        with self._translated():
+            run_migrations(self._engine)
         self._ready = True
         log.info("job database migrated", url=self.url)
 
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The file of a SQLite database; None for a server or an in-memory database."""
+        return sqlite_file(self._engine.url)
+
+    def exists(self) -> bool:
+        """False when the database is a SQLite file that does not exist; asking creates
+        nothing. A server's database is taken to exist: ``ensure_ready`` reaches it."""
+        path = self.sqlite_file
+        return path is None or path.exists()
+
     def ensure_ready(self) -> None:
-        """Reach the database (``StoreUnavailable`` if it cannot) and create a new SQLite's tables.
+        """Reach the database (``StoreUnavailable`` if it cannot) and prepare its schema as
+        ``migrate`` says (see the class); ``StoreUnavailable`` when the job tables are
+        missing and are not to be created.
 
         Every query does this first; call it to learn of an outage before the first one.
         """
@@ -145,18 +181,27 @@ class JobStore:
         with self._ready_lock:
             if self._ready:
                 return
+            if self._migrate is False and not self.exists():
+                # Before connecting: SQLite would create the file.
+                raise StoreUnavailable(self.url, _NO_FILE)
             self._check_reachable()
             with self._translated():
-                if self._wants_migration():
-                    migrate(self._engine)
-                    log.info("job database migrated", url=self.url)
+                self._prepare_schema()
             self._ready = True
 
-    def _wants_migration(self) -> bool:
-        """Told to, or (by default) a SQLite database without the job table."""
-        if self._create_tables is None:
-            return self._dialect == "sqlite" and not self._has_tables()
-        return self._create_tables
+    def _prepare_schema(self) -> None:
+        """Migrate when told to (or a new SQLite's), else insist that the tables exist."""
+        if self._migrate:
+            run_migrations(self._engine)
+            log.info("job database migrated", url=self.url)
+            return
+        if self._has_tables():
+            return
+        if self._migrate is None and self._dialect == "sqlite":
+            run_migrations(self._engine)
+            log.info("job database migrated", url=self.url)
+            return
+        raise StoreUnavailable(self.url, _NO_TABLES)
 
     def _check_reachable(self) -> None:
         with self._translated(), self._engine.connect():
@@ -214,6 +259,8 @@ class JobStore:
         metadata: Mapping[str, Any] | None = None,
         webhook_url: str | None = None,
         worker_id: str | None = None,
+        claim: str | None = None,
+        lease_seconds: float | None = None,
     ) -> Job:
         """A new PENDING job, with the stage plan given (``ProgressHandler.create_job`` is the
         one that looks up the plan registered for ``job_type``: the store reads no registry)."""
@@ -224,7 +271,10 @@ class JobStore:
             "status": JobStatus.PENDING, "percentage": 0.0, "summary": "",
             "metadata": dict(metadata or {}),
             "stages": stages,
-            "webhook_url": webhook_url, "worker_id": worker_id,
+            "webhook_url": webhook_url, "worker_id": worker_id, "claim": claim,
+            "lease_seconds": lease_seconds,
+            # A lease runs from when it is granted: a worker that never reports is failed.
+            "lease_until": now + timedelta(seconds=lease_seconds) if lease_seconds else None,
             "created_at": now, "updated_at": now, "version": 0, "ignored_count": 0,
         }  # fmt: skip
         with self._writing() as connection:
@@ -358,7 +408,7 @@ def _back_off(attempt: int) -> None:
 
 def upgrade_database(url: str | None = None) -> None:
     """Migrate the database at ``url`` (default: ``MORAG_DATABASE_URL``) to the newest schema."""
-    store = JobStore(url, create_tables=False)
+    store = JobStore(url, migrate=False)  # upgrade() itself migrates, and creates the file
     try:
         store.upgrade()
     finally:

@@ -151,6 +151,9 @@ class JobRow(Base):
     last_sequence: Mapped[int | None] = mapped_column(BigInteger)
     version: Mapped[int] = mapped_column(Integer, server_default="0")
     ignored_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    claim: Mapped[str | None] = mapped_column(String(16))
+    lease_seconds: Mapped[float | None] = mapped_column(Real)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class JobEventRow(Base):

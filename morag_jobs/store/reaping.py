@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, func, select
 
@@ -37,7 +37,10 @@ from morag_jobs.store.records import Job, JobStatus
 if TYPE_CHECKING:
     from morag_jobs.store.jobs import JobStore
 
-__all__ = ["REDELIVERY_DEADLINE", "awaiting_redelivery", "reaper_lock", "stale_jobs"]
+__all__ = [
+    "REDELIVERY_DEADLINE", "awaiting_redelivery", "expired_leases", "never_started",
+    "reaper_lock", "stale_jobs",
+]
 
 log = get_logger(__name__)
 
@@ -114,9 +117,30 @@ def awaiting_redelivery(store: JobStore) -> list[Job]:
 
 
 def stale_jobs(store: JobStore, older_than: datetime) -> list[Job]:
-    """PROCESSING jobs not heard from (heartbeat, progress or start) since ``older_than``."""
+    """PROCESSING jobs a Celery worker claimed, not heard from (heartbeat, progress or
+    start) since ``older_than``. Jobs nobody claimed (a followed log's) are not judged."""
     last_seen = q.last_sign_of_life()
-    query = q.select_jobs(q.JOBS.c.status == JobStatus.PROCESSING, last_seen < older_than)
+    query = q.select_jobs(q.JOBS.c.status == JobStatus.PROCESSING, q.JOBS.c.claim == "celery",
+                          last_seen < older_than)
+    return _jobs(store, query.order_by(last_seen, q.JOBS.c.id))
+
+
+def expired_leases(store: JobStore, now: datetime) -> list[Job]:
+    """Remote jobs still running whose lease ended before ``now``."""
+    jobs = q.JOBS.c
+    query = q.select_jobs(jobs.status.in_([JobStatus.PENDING, JobStatus.PROCESSING]),
+                          jobs.claim == "remote", jobs.lease_until < now)
+    return _jobs(store, query.order_by(jobs.lease_until, jobs.id))
+
+
+def never_started(store: JobStore, queued_before: datetime) -> list[Job]:
+    """PENDING jobs of tasks sent to Celery before ``queued_before`` that never started."""
+    jobs = q.JOBS.c
+    query = q.select_jobs(jobs.status == JobStatus.PENDING, jobs.claim == "queued",
+                          jobs.created_at < queued_before)
+    return _jobs(store, query.order_by(jobs.created_at, jobs.id))
+
+
+def _jobs(store: JobStore, query: Any) -> list[Job]:
     with store._reading() as connection:
-        rows = connection.execute(query.order_by(last_seen, q.JOBS.c.id))
-        return [Job.from_row(row._mapping) for row in rows]
+        return [Job.from_row(row._mapping) for row in connection.execute(query)]

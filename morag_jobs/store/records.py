@@ -87,6 +87,14 @@ class Job:
     last_sequence: int | None = None
     version: int = 0
     ignored_count: int = 0
+    claim: str | None = None
+    """Who answers for the job while it runs, and so which reaper rule may judge it:
+    ``"queued"`` (sent to Celery, not started), ``"celery"`` (a Celery worker runs it:
+    heartbeats), ``"remote"`` (a remote worker: a lease renewed by each report), None
+    (nobody the reaper can judge: a followed log, a script)."""
+    lease_seconds: float | None = None
+    """A remote job's lease: how long it may go without a report (None: forever)."""
+    lease_until: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Job:

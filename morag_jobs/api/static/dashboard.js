@@ -7,22 +7,38 @@ const KEY_STORAGE = "morag-jobs.api-key";
 const TERMINAL = new Set(["FINISHED", "FAILED", "CANCELLED"]);
 const ETA_WINDOW = 20;            // progress samples an ETA looks back over ...
 const ETA_MAX_AGE_MS = 10 * 60e3; // ... if they are at most this old
-const PAGE = 500;
+const PAGE = 100;          // jobs per "Load more"
+const OVERLAP = 5;         // rows re-read at a page boundary: a job deleted meanwhile cannot make paging skip one
+const RECOUNT_MS = 1000;   // at most one recount of the total per this long
 
 const state = {
   key: localStorage.getItem(KEY_STORAGE) || "",
   jobs: new Map(),      // id -> job snapshot (highest version seen)
   samples: new Map(),   // id -> [{t, p}] progress history for the ETA (server times, ms)
   received: new Map(),  // id -> Date.now() when its latest sample arrived
-  rows: new Map(),      // id -> <tr>
+  rows: new Map(),      // id -> <tr>, for the jobs listed now
+  view: newView(""),    // the list: its filter, total and how far down it is loaded
+  recountTimer: null,
   source: null,
   retryTimer: null,
   detailId: null,
+  history: [],          // the open job's history rows, oldest first
   timelineAfter: null,  // the last history row shown
   timelineGen: 0,       // bumped when another job is opened: older loads stop
   timelineBusy: false,
   timelineAgain: false,
+  chartFrame: null,
 };
+
+// The list shows the jobs of the status filter from the newest down to `frontier`, the
+// oldest job loaded so far (all of them once `done`); "Load more" moves the frontier down
+// a page. `total` is the server's count for the filter, kept current as jobs arrive,
+// leave or enter the filter; `adjusted` counts those local changes, so a count the
+// server sent before one of them is not taken over it.
+function newView(status) {
+  return { status, total: null, frontier: null, done: false, loaded: false, loading: false,
+           adjusted: 0 };
+}
 
 const $ = (id) => document.getElementById(id);
 
@@ -179,13 +195,125 @@ function accept(job) {
   return true;
 }
 
+// Microseconds since the epoch (Date.parse keeps only milliseconds): the server orders
+// jobs by created_at to the microsecond, then by id.
+function timeKey(iso) {
+  if (!iso) return -Infinity;
+  const fraction = /\.(\d+)/.exec(iso);
+  return Date.parse(iso) * 1000 + (fraction ? Number(`${fraction[1]}000000`.slice(3, 6)) : 0);
+}
+
+// Negative when job a is listed above job b: newest first, as GET /jobs?sort=-created_at.
+function order(a, b) {
+  return timeKey(b.created_at) - timeKey(a.created_at) || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0);
+}
+
+function matches(job) {
+  return !state.view.status || job.status === state.view.status;
+}
+
+function listed(job) {
+  const view = state.view;
+  return matches(job) && (view.done || (view.frontier !== null && order(job, view.frontier) <= 0));
+}
+
+function jobsQuery(offset, limit = PAGE) {
+  const status = state.view.status ? `&status=${encodeURIComponent(state.view.status)}` : "";
+  return `jobs?limit=${limit}&offset=${offset}&sort=-created_at${status}`;
+}
+
+// The server's count, unless the list changed the total itself since it was asked.
+function takeTotal(page, mark) {
+  if (state.view.total === null || state.view.adjusted === mark) state.view.total = page.total;
+  else recountSoon();
+}
+
+// The first page: at start, when the stream (re)connects, and when the filter changes.
 async function loadJobs() {
-  const page = await api(`jobs?limit=${PAGE}&sort=-created_at`);
-  for (const job of items(page)) accept(job);
-  const shown = state.jobs.size;
-  const total = page.total ?? shown;
-  $("summary").textContent = total > shown ? `${shown} of ${total} jobs` : `${total} jobs`;
+  const view = state.view;
+  const mark = view.adjusted;
+  const page = await api(jobsQuery(0));
+  if (view !== state.view) return;
+  const before = new Set(state.rows.keys());
+  const fetched = items(page);
+  for (const job of fetched) accept(job);
+  const last = fetched[fetched.length - 1];
+  const exhausted = fetched.length < PAGE || fetched.length >= page.total;
+  // Jobs loaded further down stay listed if this page reaches the ones listed before
+  // (else more than a page of jobs arrived unseen, and the list starts over from here).
+  const joined = before.size === 0 || fetched.some((job) => before.has(job.id));
+  if (!joined || view.frontier === null || (last && order(last, view.frontier) > 0)) {
+    view.frontier = last || null;
+  }
+  view.done = exhausted || (joined && view.done);
+  view.loaded = true;
+  takeTotal(page, mark);
   renderList();
+}
+
+async function loadMore() {
+  const view = state.view;
+  if (view.loading || view.done) return;
+  view.loading = true;
+  renderMore();
+  const mark = view.adjusted;
+  try {
+    const offset = Math.max(0, state.rows.size - OVERLAP);
+    const page = await api(jobsQuery(offset));
+    if (view !== state.view) return;
+    const fetched = items(page);
+    for (const job of fetched) accept(job);
+    const last = fetched[fetched.length - 1];
+    if (last && (view.frontier === null || order(last, view.frontier) > 0)) view.frontier = last;
+    view.done = fetched.length < PAGE || offset + fetched.length >= page.total;
+    takeTotal(page, mark);
+  } finally {
+    view.loading = false;
+    renderList();
+  }
+}
+
+// Ask the server for the total again, soon (a job changed in a way the list cannot count).
+function recountSoon() {
+  if (state.recountTimer !== null) return;
+  state.recountTimer = setTimeout(async () => {
+    state.recountTimer = null;
+    const view = state.view;
+    const mark = view.adjusted;
+    try {
+      const page = await api(jobsQuery(0, 1));
+      if (view === state.view) { takeTotal(page, mark); renderSummary(); }
+    } catch (error) {
+      failed(error);
+    }
+  }, RECOUNT_MS);
+}
+
+function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
+
+function renderSummary() {
+  const view = state.view;
+  const shown = state.rows.size;
+  if (!view.loaded) {
+    $("summary").textContent = "loading…";
+  } else {
+    const total = Math.max(view.total ?? shown, shown);
+    const what = view.status ? `${view.status.toLowerCase()} jobs` : "jobs";
+    $("summary").textContent = total > shown ? `${shown} of ${total} ${what}`
+      : `${total} ${total === 1 ? what.replace(/s$/, "") : what}`;
+  }
+  renderMore();
+}
+
+function renderMore() {
+  const view = state.view;
+  const left = Math.max(0, (view.total ?? 0) - state.rows.size);
+  const more = view.loaded && !view.done && left > 0;
+  const button = $("load-more");
+  button.hidden = !more;
+  button.disabled = view.loading;
+  button.textContent = view.loading ? "Loading…" : `Load ${Math.min(PAGE, left)} more`;
+  $("more-info").textContent = more ? `${plural(left, "older job")} not shown` : "";
 }
 
 function progressBar(testid) {
@@ -207,15 +335,15 @@ function setProgress(container, job) {
 
 function makeRow(job) {
   const row = el("tr", { class: "job", tabindex: "0", "data-testid": "job-row", "data-job-id": job.id },
-    el("td", {},
+    el("td", { class: "cell-job" },
       el("a", { class: "name", href: `#/jobs/${encodeURIComponent(job.id)}`, "data-testid": "job-name" }),
       el("span", { class: "sub" })),
-    el("td", {}, el("span", { class: "status", "data-testid": "job-status" })),
-    el("td", {}, progressBar("job-bar")),
-    el("td", { class: "stage", "data-testid": "job-stage" }),
+    el("td", { class: "cell-status" }, el("span", { class: "status", "data-testid": "job-status" })),
+    el("td", { class: "cell-progress" }, progressBar("job-bar")),
+    el("td", { class: "stage", "data-testid": "job-stage", "data-label": "Stage" }),
     el("td", { class: "message", "data-testid": "job-message" }),
-    el("td", { class: "eta", "data-testid": "job-eta" }),
-    el("td", { class: "updated", "data-testid": "job-updated" }));
+    el("td", { class: "eta", "data-testid": "job-eta", "data-label": "ETA" }),
+    el("td", { class: "updated", "data-testid": "job-updated", "data-label": "Updated" }));
   row.addEventListener("click", (event) => {
     if (event.target.closest("a")) return;
     location.hash = `#/jobs/${encodeURIComponent(job.id)}`;
@@ -242,15 +370,9 @@ function fillRow(row, job) {
   row.querySelector(".updated").textContent = ago(job.updated_at);
 }
 
-function visible(job) {
-  const wanted = $("status-filter").value;
-  return !wanted || job.status === wanted;
-}
-
 function renderList() {
   const body = $("job-rows");
-  const jobs = [...state.jobs.values()].filter(visible)
-    .sort((a, b) => (b.created_at || "").localeCompare(a.created_at || "") || b.id.localeCompare(a.id));
+  const jobs = [...state.jobs.values()].filter(listed).sort(order);
   const keep = new Set(jobs.map((job) => job.id));
   for (const [id, row] of state.rows) {
     if (!keep.has(id)) { row.remove(); state.rows.delete(id); }
@@ -264,18 +386,43 @@ function renderList() {
     if (expected !== row) body.insertBefore(row, expected);
     previous = row;
   }
-  $("empty").hidden = jobs.length > 0;
+  $("empty").hidden = jobs.length > 0 || !state.view.loaded;
+  renderSummary();
 }
 
+// A job from the stream: new, changed, or one the list has not loaded (further down).
 function updateJob(job) {
+  const before = state.jobs.get(job.id);
+  const wasListed = before !== undefined && listed(before);
+  const wasMatching = before !== undefined && matches(before);
   if (!accept(job)) return;
+  const view = state.view;
+  const isListed = listed(job);
+  if (view.total !== null) {
+    let change = 0;
+    if (wasListed !== isListed) change = isListed ? 1 : -1;  // arrived, or entered/left the filter
+    else if (!isListed && view.status) {  // further down, under a status filter
+      if (before === undefined) recountSoon();  // did it enter or leave the filter? ask
+      else if (wasMatching !== matches(job)) change = matches(job) ? 1 : -1;
+    }
+    if (change) { view.total += change; view.adjusted += 1; }
+  } else {
+    recountSoon();  // the first page is on its way: its count may predate this job
+  }
   const row = state.rows.get(job.id);
-  if (row && visible(job)) fillRow(row, job);
-  else renderList();
+  if (row && isListed) fillRow(row, job);
+  else if (wasListed || isListed) renderList();
+  renderSummary();
   if (job.id === state.detailId) {
     renderDetail(job);
     loadTimeline();
   }
+}
+
+function changeFilter() {
+  state.view = newView($("status-filter").value);
+  renderList();
+  loadJobs().catch(failed);
 }
 
 // -- live updates (Server-Sent Events) -----------------------------------------------
@@ -349,9 +496,54 @@ function timelineItem(event) {
   return el("li", { "data-testid": "timeline-item", "data-kind": event.kind, "data-event-id": event.id },
     el("span", { class: "when" }, new Date(event.at).toLocaleTimeString()),
     el("span", { class: "what" }, what),
-    event.stage ? el("span", { class: "chip" }, event.stage) : "",
     el("span", { class: "chip" }, event.kind === "progress" ? event.source : `${event.kind} · ${event.source}`),
     el("span", { class: "text" }, event.message || ""));
+}
+
+// The history list: one group per run of rows in the same stage, newest on top. Only the
+// newest group starts open; the others sum up their rows until opened.
+const groupRows = new WeakMap();  // group <li> -> its history rows, oldest first
+
+function stageGroup(stage) {
+  const summary = el("summary", {},
+    el("span", { class: "group-stage", "data-testid": "stage-group-name" }, stage || "no stage"),
+    el("span", { class: "group-info muted", "data-testid": "stage-group-info" }));
+  summary.addEventListener("click", () => { group.dataset.touched = "1"; });
+  const details = el("details", {}, summary, el("ol", { class: "timeline" }));
+  details.open = true;
+  const group = el("li", { class: "group", "data-testid": "stage-group", "data-stage": stage }, details);
+  groupRows.set(group, []);
+  return group;
+}
+
+function describeGroup(group) {
+  const rows = groupRows.get(group);
+  const first = rows[0];
+  const last = rows[rows.length - 1];
+  const percentages = rows.filter((row) => row.percentage != null).map((row) => row.percentage);
+  const parts = [plural(rows.length, "update")];
+  if (percentages.length) {
+    const low = percentages[0];
+    const high = percentages[percentages.length - 1];
+    parts.push(low === high ? percentText(low) : `${percentText(low)} → ${percentText(high)}`);
+  }
+  const span = (Date.parse(last.at) - Date.parse(first.at)) / 1000;
+  parts.push(`${new Date(first.at).toLocaleTimeString()}${span >= 1 ? `, ${duration(span)}` : ""}`);
+  group.querySelector(".group-info").textContent = parts.join(" · ");
+}
+
+function addToTimeline(event) {
+  const list = $("timeline");
+  const stage = event.stage || "";
+  let group = list.firstElementChild;
+  if (!group || group.dataset.stage !== stage) {
+    if (group && !group.dataset.touched) group.querySelector("details").open = false;
+    group = stageGroup(stage);
+    list.prepend(group);
+  }
+  groupRows.get(group).push(event);
+  group.querySelector("ol").prepend(timelineItem(event));
+  describeGroup(group);
 }
 
 // Fetch history rows after the last one shown; newest go on top.
@@ -370,12 +562,14 @@ async function loadTimeline() {
         if (gen !== state.timelineGen) return;
         for (const event of items(page)) {
           if (event.percentage != null) addSample(id, event.at, event.percentage, false);
-          $("timeline").prepend(timelineItem(event));
+          state.history.push(event);
+          addToTimeline(event);
           after = event.id;
         }
         state.timelineAfter = after;
         if (page.next_after_id == null) break;
       }
+      renderChart();
     } while (state.timelineAgain);
   } catch (error) {
     if (gen === state.timelineGen) failed(error);
@@ -384,12 +578,150 @@ async function loadTimeline() {
   }
 }
 
+// -- the progress chart: inline SVG, drawn with DOM calls (no style attributes: the CSP) --
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child ?? "")));
+  }
+  return node;
+}
+
+// Runs of rows in the same stage: [{stage, from, to}] in time (ms), for a job with no plan.
+function stageRuns(events, end) {
+  const runs = [];
+  for (const event of events) {
+    const at = Date.parse(event.at);
+    const last = runs[runs.length - 1];
+    if (last && last.stage === (event.stage || "")) continue;
+    if (last) last.to = at;
+    runs.push({ stage: event.stage || "", from: at, to: end });
+  }
+  return runs.filter((run) => run.stage);
+}
+
+function renderChart() {
+  const figure = $("chart");
+  const plot = $("chart-plot");
+  const events = state.history;
+  const job = state.jobs.get(state.detailId);
+  figure.hidden = events.length === 0;
+  plot.replaceChildren();
+  if (!events.length) return;
+
+  const width = Math.max(240, Math.floor(plot.clientWidth || 600));
+  const height = width < 520 ? 170 : 210;
+  const margin = { top: 8, right: 10, bottom: 22, left: 40 };
+  const w = width - margin.left - margin.right;
+  const h = height - margin.top - margin.bottom;
+  const times = events.map((event) => Date.parse(event.at));
+  const t0 = times[0];
+  const t1 = Math.max(times[times.length - 1], t0 + 1);
+  const x = (t) => margin.left + ((t - t0) / (t1 - t0)) * w;
+  const y = (p) => margin.top + (1 - Math.min(100, Math.max(0, p)) / 100) * h;
+  const round = (n) => Math.round(n * 10) / 10;
+
+  const first = events.find((event) => event.percentage != null);
+  const lastRow = [...events].reverse().find((event) => event.percentage != null);
+  const label = `Progress over time: ${plural(events.length, "history row")}` +
+    (first ? `, ${percentText(first.percentage)} to ${percentText(lastRow.percentage)}` : "") +
+    ` in ${duration((t1 - t0) / 1000)}`;
+  const root = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img",
+                            "aria-label": label, "data-testid": "chart-svg" },
+    svg("title", {}, label));
+
+  // Stage bands: the plan's share of the overall percentage (horizontal), or else the
+  // time the history spent in each stage (vertical).
+  const plan = Array.isArray(job && job.stages) ? job.stages : [];
+  const bands = svg("g", { class: "bands" });
+  if (plan.length) {
+    plan.forEach(([name, start, end], i) => {
+      const top = y(end);
+      const tall = y(start) - top;
+      bands.append(svg("rect", { class: `band band-${i % 2}`, x: margin.left, y: round(top),
+                                 width: w, height: round(tall), "data-testid": "chart-band",
+                                 "data-stage": name },
+        svg("title", {}, `${name}: ${round(start)}–${round(end)}% of the job`)));
+      if (tall >= 12) {
+        bands.append(svg("text", { class: "band-label", x: margin.left + w - 4,
+                                   y: round(top + Math.min(tall / 2, 12) + 4), "text-anchor": "end" }, name));
+      }
+    });
+  } else {
+    stageRuns(events, t1).forEach((run, i) => {
+      const left = x(run.from);
+      const wide = Math.max(1, x(run.to) - left);
+      bands.append(svg("rect", { class: `band band-${i % 2}`, x: round(left), y: margin.top,
+                                 width: round(wide), height: h, "data-testid": "chart-band",
+                                 "data-stage": run.stage },
+        svg("title", {}, `${run.stage}: ${duration((run.to - run.from) / 1000)}`)));
+      if (wide >= run.stage.length * 6.5 + 8) {
+        bands.append(svg("text", { class: "band-label", x: round(left + 4), y: margin.top + 12 }, run.stage));
+      }
+    });
+  }
+  root.append(bands);
+
+  const axis = svg("g", { class: "axis" });
+  for (const p of [0, 25, 50, 75, 100]) {
+    axis.append(svg("line", { class: "grid", x1: margin.left, x2: margin.left + w, y1: round(y(p)), y2: round(y(p)) }));
+    if (p % 50 === 0) {
+      axis.append(svg("text", { x: margin.left - 6, y: round(y(p) + 4), "text-anchor": "end" }, `${p}%`));
+    }
+  }
+  const bottom = height - 6;
+  axis.append(svg("text", { x: margin.left, y: bottom }, new Date(t0).toLocaleTimeString()));
+  axis.append(svg("text", { x: margin.left + w, y: bottom, "text-anchor": "end" },
+                  new Date(t1).toLocaleTimeString()));
+  if (w > 300) {
+    axis.append(svg("text", { x: margin.left + w / 2, y: bottom, "text-anchor": "middle" },
+                    duration((t1 - t0) / 1000)));
+  }
+  root.append(axis);
+
+  // One point per history row; a row without a percentage (a status change) keeps the last.
+  let p = first ? first.percentage : 0;
+  const points = events.map((event, i) => {
+    if (event.percentage != null) p = event.percentage;
+    return [round(x(times[i])), round(y(p))];
+  });
+  root.append(svg("polyline", { class: "line", points: points.map((pt) => pt.join(",")).join(" "),
+                                "data-testid": "chart-line", "data-points": points.length }));
+  events.forEach((event, i) => {
+    if (event.kind === "progress") return;
+    root.append(svg("circle", { class: "marker", "data-kind": event.kind, cx: points[i][0],
+                                cy: points[i][1], r: 4 },
+      svg("title", {}, `${event.kind}: ${event.message || event.status || ""}`)));
+  });
+  const [lx, ly] = points[points.length - 1];
+  root.append(svg("circle", { class: "now", cx: lx, cy: ly, r: 3 }));
+  plot.append(root);
+
+  $("chart-caption").textContent = plan.length
+    ? "Shaded: each stage's share of the job, from its stage plan."
+    : stageRuns(events, t1).length ? "Shaded: the time spent in each stage." : "";
+}
+
+function renderDetailChartSoon() {
+  if (state.chartFrame) return;
+  state.chartFrame = requestAnimationFrame(() => {
+    state.chartFrame = null;
+    if (state.detailId && !$("detail").hidden) renderChart();
+  });
+}
+
 async function openDetail(id) {
   state.detailId = id;
   state.timelineGen += 1;
   state.timelineBusy = false;
   state.timelineAfter = null;
+  state.history = [];
   $("timeline").replaceChildren();
+  renderChart();
   $("list").hidden = true;
   $("detail").hidden = false;
   $("detail").dataset.jobId = id;
@@ -423,6 +755,13 @@ function route() {
 
 function start() {
   $("forget-key").hidden = false;
+  // Another key may read other jobs: nothing of the last one's list is kept.
+  for (const row of state.rows.values()) row.remove();
+  state.rows.clear();
+  state.jobs.clear();
+  state.samples.clear();
+  state.received.clear();
+  state.view = newView($("status-filter").value);
   route();
   loadJobs().then(connect, failed);
 }
@@ -442,7 +781,9 @@ function tick() {
 document.addEventListener("DOMContentLoaded", () => {
   $("key-form").addEventListener("submit", useKey);
   $("forget-key").addEventListener("click", () => askForKey(""));
-  $("status-filter").addEventListener("change", renderList);
+  $("status-filter").addEventListener("change", changeFilter);
+  $("load-more").addEventListener("click", () => loadMore().catch(failed));
+  window.addEventListener("resize", renderDetailChartSoon);
   window.addEventListener("hashchange", route);
   setInterval(tick, 1000);
   if (state.key) start();

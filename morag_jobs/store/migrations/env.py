@@ -10,6 +10,7 @@ from alembic import context
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.pool import NullPool
 
+from morag_jobs.store.migrate import VERSION_TABLE
 from morag_jobs.store.models import Base
 
 config = context.config
@@ -17,7 +18,9 @@ target_metadata = Base.metadata
 
 
 def _configure(**options: object) -> None:
-    context.configure(target_metadata=target_metadata, compare_type=True, **options)
+    # Our own version table: another application's Alembic keeps the default one.
+    context.configure(target_metadata=target_metadata, compare_type=True,
+                      version_table=VERSION_TABLE, **options)
 
 
 def run_offline() -> None:
