@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -122,10 +123,81 @@ def test_cancel_marks_the_job_cancelled_once(store: JobStore, database_url: str)
     assert again.returncode == 1 and "already ended (CANCELLED)" in again.stderr
 
 
+PROJECT_APP = """
+from pathlib import Path
+
+from celery import Celery
+
+BROKER = Path(__file__).resolve().parent.parent / "broker"
+app = Celery("proj", broker="filesystem://")
+app.conf.broker_transport_options = {
+    "data_folder_in": str(BROKER / "queue"), "data_folder_out": str(BROKER / "queue"),
+    "processed_folder": str(BROKER / "processed"), "control_folder": str(BROKER / "control"),
+}
+"""
+
+
+def _project(root: Path) -> dict[str, str]:
+    """A Celery project as `celery -A proj.celery:app` expects it: the package in the cwd."""
+    (root / "proj").mkdir()
+    (root / "proj" / "__init__.py").write_text("")
+    (root / "proj" / "celery.py").write_text(PROJECT_APP)
+    folders = {name: root / "broker" / name for name in ("queue", "processed", "control")}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    return {"data_folder_in": str(folders["queue"]), "data_folder_out": str(folders["queue"]),
+            "processed_folder": str(folders["processed"]),
+            "control_folder": str(folders["control"])}
+
+
+def test_cancel_finds_the_app_in_the_current_directory_as_celery_does(
+    store: JobStore, database_url: str, tmp_path: Path
+) -> None:
+    from kombu import Connection, Exchange, Queue  # noqa: PLC0415 - the [celery] extra
+
+    options = _project(tmp_path)
+    job = store.create_job(name="long", metadata={"task_id": "task-to-revoke"})
+    # The installed command, not `python -m` (which puts the cwd on sys.path by itself).
+    command = Path(sys.executable).parent / "morag-jobs"
+    assert command.exists(), f"{command} is not installed"
+    with Connection("filesystem://", transport_options=options) as connection:
+        # What a worker's remote-control queue would receive (workers bind it at start). Its
+        # own name: kombu remembers bindings per process, and would not write this one again.
+        probe = Queue(f"probe-{tmp_path.name}.celery.pidbox",
+                      Exchange("celery.pidbox", type="fanout"),
+                      auto_delete=False)(connection.default_channel)
+        probe.declare()
+        result = subprocess.run([str(command), "cancel", job.id, "--app", "proj.celery:app",
+                                 "--database", database_url], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"{job.id} CANCELLED (task task-to-revoke revoked)"
+        message = probe.get(no_ack=True)
+    assert message is not None, "no revoke reached the broker"
+    assert message.payload["method"] == "revoke"
+    assert message.payload["arguments"]["task_id"] == "task-to-revoke"
+    assert store.require_job(job.id).status is JobStatus.CANCELLED
+
+
+def test_cancel_with_an_app_that_does_not_load_is_one_line_and_exit_2(
+    store: JobStore, database_url: str, tmp_path: Path
+) -> None:
+    job = store.create_job(name="long", metadata={"task_id": "t-1"})
+    result = subprocess.run([sys.executable, "-m", "morag_jobs", "cancel", job.id,
+                             "--app", "no_such_project.celery:app", "--database", database_url],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith("morag-jobs: cannot load Celery app 'no_such_project")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert store.require_job(job.id).status is not JobStatus.CANCELLED
+
+
 def test_reap_fails_running_jobs_without_heartbeat(store: JobStore, database_url: str) -> None:
     job_id = _running_job(store)
     old = utc_now() - timedelta(minutes=10)
-    store.update_job(job_id, lambda job: ({"heartbeat_at": old, "last_progress_at": old}, None))
+    store.update_job(job_id, lambda job: ({"heartbeat_at": old, "last_progress_at": old,
+                                           "claim": "celery"}, None))  # a Celery worker's
     result = run("reap", "--timeout", "60", "--database", database_url)
     assert result.returncode == 0, result.stderr
     job = store.require_job(job_id)

@@ -279,7 +279,8 @@ def test_exists_asks_only_about_sqlite_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", [["list"], ["list", "--json"], ["status", "j"],
-                                     ["history", "j"]])
+                                     ["history", "j"], ["keys", "list"], ["webhooks", "list"],
+                                     ["webhooks", "deliveries"]])
 def test_reading_commands_never_create_a_database(tmp_path: Path, command: list[str]) -> None:
     result = cli(*command, cwd=tmp_path, env=without_database_url())
     assert result.returncode == 1

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from morag_jobs import JobStore
+from morag_jobs.events import utc_now
 from tests.celery_app import fresh_postgres_schema
 
 DEMO_LIMIT = 90  # seconds: the demo promises under a minute
+STOP_LIMIT = 8.0  # seconds from the last job's end to the demo's exit (about 2-3 measured)
 
 
 def _demo(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -69,6 +71,23 @@ def test_demo_runs_on_redis_and_postgresql(postgres_url: str, redis_url: str) ->
     assert _no_worker_left()
     with JobStore(database) as store:
         _assert_every_source_moved_its_job(store)
+
+
+def test_demo_exits_promptly_once_its_jobs_end(tmp_path: Path) -> None:
+    """The worker gets a warm shutdown on its main process only and stops within seconds;
+    it used to sit ~15 s in billiard's Pool.close after its pool children were signalled
+    too, until the demo killed it."""
+    result, _ = _demo("--keep", str(tmp_path))
+    exited = utc_now()
+    _assert_all_sources_finished(result)
+    with JobStore(f"sqlite:///{tmp_path / 'jobs.db'}") as store:
+        ended = max(job.finished_at or job.updated_at for job in store.list_jobs(limit=10))
+    took = (exited - ended).total_seconds()
+    assert took < STOP_LIMIT, f"the demo exited {took:.1f} s after its last job ended"
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert "exited with 'signal" not in log, f"pool children were signalled:\n{log[-1500:]}"
+    assert "did not stop in time" not in result.stderr, result.stderr
+    assert _no_worker_left()
 
 
 @pytest.mark.parametrize("seconds", ["0", "100"])

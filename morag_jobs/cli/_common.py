@@ -35,7 +35,8 @@ DatabaseOption = Annotated[
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 CHUNK_BYTES = 1 << 20
-READING_COMMANDS = frozenset({"status", "list", "history"})
+READING_COMMANDS = frozenset({"status", "list", "history", "keys list", "webhooks list",
+                              "webhooks deliveries"})
 """The commands that only read: they never create a database (``open_store(create=None)``)."""
 NO_DATABASE_HINT = "set MORAG_DATABASE_URL or pass --database"
 

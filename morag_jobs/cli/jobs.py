@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console, Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.live import Live
-from rich.progress_bar import ProgressBar
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
 from morag_jobs.cli._common import DatabaseOption, fail, open_store
-from morag_jobs.eta import estimate_remaining
+from morag_jobs.eta import describe_remaining, estimate_remaining
 from morag_jobs.events import utc_now
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.store import Job, JobStatus, JobStore
@@ -50,16 +49,33 @@ def _ago(moment: datetime | None, now: datetime) -> str:
     return f"{seconds} second{'s' if seconds != 1 else ''} ago"
 
 
-def _duration(delta: Any) -> str:
-    seconds = int(delta.total_seconds())
-    if seconds < 60:
-        return f"~{seconds}s"
-    if seconds < 3600:
-        return f"~{seconds // 60} min"
-    return f"~{seconds // 3600} h {seconds % 3600 // 60} min"
+class ProgressCells:
+    """A progress bar whose empty cells differ from its filled ones by shape, not only
+    colour, so 0% never looks like 100% without colour (NO_COLOR, a pipe, a log file).
+
+    A cell fills only when the job has passed it: 99.9% is not drawn as done.
+    """
+
+    FILLED, EMPTY = "█", "░"
+    ASCII_FILLED, ASCII_EMPTY = "#", "-"  # terminals that cannot show the blocks
+
+    def __init__(self, percentage: float, width: int = 30) -> None:
+        self.percentage = percentage
+        self.width = width
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = min(self.width, options.max_width)
+        filled = min(width, max(0, int(width * self.percentage / 100)))
+        full, empty = ((self.ASCII_FILLED, self.ASCII_EMPTY) if options.ascii_only
+                       else (self.FILLED, self.EMPTY))
+        done = "bar.finished" if self.percentage >= 100 else "bar.complete"
+        yield Text.assemble((full * filled, done), (empty * (width - filled), "bar.back"))
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(min(self.width, options.max_width), self.width)
 
 
-def _eta(store: JobStore, job: Job, now: datetime) -> Any:
+def _eta(store: JobStore, job: Job, now: datetime) -> timedelta | None:
     if job.status is not JobStatus.PROCESSING:
         return None
     return estimate_remaining(store.history(job.id)[-50:], job.percentage, now=now)
@@ -82,7 +98,7 @@ def _render(store: JobStore, job: Job) -> Group:
         rows.add_row("Stage", stage)
     counts = f" ({job.current}/{job.total})" if job.current is not None and job.total else ""
     bar = Table.grid(padding=(0, 1))
-    bar.add_row(ProgressBar(total=100, completed=job.percentage, width=30),
+    bar.add_row(ProgressCells(job.percentage),
                 Text(f"{job.percentage:.1f}%{counts}"))
     rows.add_row("Progress", bar)
     if job.summary:
@@ -92,7 +108,7 @@ def _render(store: JobStore, job: Job) -> Group:
     rows.add_row("Updated", _ago(job.updated_at, now))
     eta = _eta(store, job, now)
     if eta is not None:
-        rows.add_row("ETA", _duration(eta))
+        rows.add_row("ETA", describe_remaining(eta))
     return Group(rows)
 
 
@@ -132,13 +148,26 @@ def status(
             time.sleep(interval)
             job = _require(store, job_id)
     else:
-        with Live(_render(store, job), refresh_per_second=4, transient=False) as live:
-            while not job.status.is_terminal:
-                time.sleep(interval)
-                job = _require(store, job_id)
-                live.update(_render(store, job))
+        job = _watch_table(store, job, interval)
     if job.status is not JobStatus.FINISHED:
         raise typer.Exit(EXIT_JOB_ENDED_BADLY)
+
+
+def _watch_table(store: JobStore, job: Job, interval: float) -> Job:
+    """Redraw the job in place until it ends; without a terminal, print where it ended."""
+    console = _console()
+    if not console.is_terminal:  # no redraws into a pipe: the last state, on its own line
+        while not job.status.is_terminal:
+            time.sleep(interval)
+            job = _require(store, job.id)
+        console.print(_render(store, job))
+        return job
+    with Live(_render(store, job), console=console, refresh_per_second=4) as live:
+        while not job.status.is_terminal:
+            time.sleep(interval)
+            job = _require(store, job.id)
+            live.update(_render(store, job))
+    return job
 
 
 def list_jobs(
@@ -182,7 +211,7 @@ def history(
     as_json: JsonOption = False,
     database: DatabaseOption = None,
 ) -> None:
-    """Show a job's history, oldest first."""
+    """Show a job's history, oldest first, numbered from 1 (``--json`` keeps each row's id)."""
     store = open_store(database)
     _require(store, job_id)
     events = store.history(job_id)
@@ -194,8 +223,8 @@ def history(
         table.add_column(name, no_wrap=True)
     table.add_column("message", overflow="fold")
     table.add_column("source", no_wrap=True)
-    for event in events:
-        table.add_row(str(event.id), event.at.strftime("%Y-%m-%d %H:%M:%S"), event.kind,
+    for number, event in enumerate(events, start=1):
+        table.add_row(str(number), event.at.strftime("%Y-%m-%d %H:%M:%S"), event.kind,
                       event.status.value if event.status else "",
                       f"{event.percentage:.1f}%" if event.percentage is not None else "",
                       event.stage or "", event.message or "", event.source)
@@ -226,8 +255,16 @@ def cancel(
 
 
 def _celery_app(spec: str) -> Any:
-    module, _, attribute = spec.partition(":")
+    """The Celery app named as ``celery -A`` takes it (``proj``, ``proj.celery``,
+    ``proj.celery:app``), found from the current directory first, as ``celery`` does."""
+    from celery import Celery  # noqa: PLC0415 - only --app needs Celery installed
+    from celery.app.utils import find_app  # noqa: PLC0415
+
     try:
-        return getattr(importlib.import_module(module), attribute or "app")
+        app = find_app(spec)
     except (ImportError, AttributeError) as error:
         fail(f"cannot load Celery app {spec!r}: {error}", 2)
+    if not isinstance(app, Celery):
+        fail(f"cannot load Celery app {spec!r}: it names a {type(app).__name__}, "
+             "not a Celery app", 2)
+    return app

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from morag_jobs.cli._common import EXIT_USAGE, DatabaseOption, fail
+from morag_jobs.cli._common import EXIT_USAGE, DatabaseOption, fail, open_store
 from morag_jobs.errors import StoreUnavailable
 from morag_jobs.store import JobStore
 
@@ -23,7 +23,7 @@ def _keys(database: str | None) -> Iterator[ApiKeys]:
     from morag_jobs.api.auth import ApiKeys  # noqa: PLC0415 (FastAPI loads only when needed)
 
     try:
-        store = JobStore(database)
+        store = open_store(database)  # `keys list` never creates a database
     except ValueError as error:
         fail(str(error), EXIT_USAGE)
     try:

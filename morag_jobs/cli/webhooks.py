@@ -13,7 +13,7 @@ import typer
 
 from morag_jobs import settings
 from morag_jobs import webhooks as wh
-from morag_jobs.cli._common import EXIT_USAGE, DatabaseOption, fail
+from morag_jobs.cli._common import EXIT_USAGE, DatabaseOption, fail, open_store
 from morag_jobs.errors import StoreUnavailable
 from morag_jobs.store import JobStore
 
@@ -27,7 +27,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per li
 def _store(database: str | None) -> Iterator[JobStore]:
     """The job store; an unreachable database or a bad value is one line and an exit code."""
     try:
-        with JobStore(database) as store:
+        with open_store(database) as store:  # a reading command never creates a database
             yield store
     except StoreUnavailable as error:
         fail(str(error))

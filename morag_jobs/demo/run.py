@@ -26,15 +26,19 @@ from typing import Annotated
 import httpx
 import typer
 import uvicorn
+from celery import Celery
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn
+from rich.progress import Progress, ProgressColumn, Task, TaskID, TextColumn
 
 from morag_jobs.cli._common import fail
-from morag_jobs.cli.jobs import jobs_table
+from morag_jobs.cli.jobs import ProgressCells, jobs_table
 from morag_jobs.events import utc_now
+from morag_jobs.logs import get_logger
 from morag_jobs.store import Job, JobStore
 
 DEADLINE = 55.0
+STOP_TIMEOUT = 15.0  # seconds for the worker's warm shutdown before it is killed
+log = get_logger(__name__)
 
 
 def demo(
@@ -76,7 +80,7 @@ def _run(console: Console, directory: Path, database: str, seconds: float) -> No
     store.upgrade()
     console.print(f"[bold]morag-jobs demo[/] · job table {store.url} · broker "
                   f"{tasks.app.conf.broker_url}")
-    with _worker(directory) as worker_log, _api(store) as base_url:
+    with _worker(directory, tasks.app) as worker, _api(store) as base_url:
         _, key = ApiKeys(store).create("worker", "gpu-01", label="demo remote worker")
         remote = store.create_job(name="remote GPU transcription", job_type="remote",
                                   worker_id="gpu-01")
@@ -91,9 +95,10 @@ def _run(console: Console, directory: Path, database: str, seconds: float) -> No
                                     args=(base_url, key, remote.id, seconds), daemon=True)
         reporter.start()
         finished = _watch(console, store, [job.id for job in jobs])
+        worker.request_stop()  # it stops while the API server does
         reporter.join(5)
         if not finished:
-            tail = worker_log.read_text(errors="replace")[-2000:]
+            tail = worker.log_path.read_text(errors="replace")[-2000:]
             console.print(f"[red]jobs did not finish in {DEADLINE:.0f} s; worker log:[/]\n{tail}")
     console.print(jobs_table(store.list_jobs(limit=10)))
     store.close()
@@ -121,7 +126,7 @@ def _remote_worker(base_url: str, key: str, job_id: str, seconds: float) -> None
 
 def _watch(console: Console, store: JobStore, job_ids: list[str]) -> bool:
     """Draw one bar per job until all have ended; False on the deadline."""
-    progress = Progress(TextColumn("{task.description:<32}"), BarColumn(bar_width=30),
+    progress = Progress(TextColumn("{task.description:<32}"), _Cells(),
                         TextColumn("{task.percentage:>5.1f}%"), TextColumn("{task.fields[note]}"),
                         console=console)
     bars: dict[str, TaskID] = {}
@@ -136,8 +141,15 @@ def _watch(console: Console, store: JobStore, job_ids: list[str]) -> bool:
                 progress.update(bars[job.id], completed=job.percentage, note=note)
             if all(job.status.is_terminal for job in jobs):
                 return True
-            time.sleep(0.25)
+            time.sleep(0.1)
     return False
+
+
+class _Cells(ProgressColumn):
+    """The bar ``morag-jobs status`` draws: empty cells unlike full ones without colour."""
+
+    def render(self, task: Task) -> ProgressCells:
+        return ProgressCells(task.percentage)
 
 
 def _note(job: Job) -> str:
@@ -145,33 +157,64 @@ def _note(job: Job) -> str:
     return f"{job.status.value:<10} {stage}{(job.summary or '')[:48]}"
 
 
-@contextmanager
-def _worker(directory: Path) -> Iterator[Path]:
-    """A real `celery worker` process (prefork), stopped and reaped on the way out."""
-    log_path = directory / "worker.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "morag_jobs.demo.tasks", "worker",
-             "--pool", "prefork", "--concurrency", "3", "--loglevel", "INFO",
-             "--without-mingle", "--without-gossip", "--without-heartbeat",
-             "--morag-reap-timeout", "0"],
-            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        try:
-            yield log_path
-        finally:
-            _stop(process)
+class _Worker:
+    """The demo's `celery worker` process (prefork), in a session of its own."""
 
+    def __init__(self, directory: Path, app: Celery) -> None:
+        self.app = app
+        self.log_path = directory / "worker.log"
+        self.node = f"morag-demo-{os.getpid()}@{socket.gethostname()}"
+        self._stopping = False
+        with self.log_path.open("wb") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "morag_jobs.demo.tasks", "worker",
+                 "--pool", "prefork", "--concurrency", "3", "--loglevel", "INFO",
+                 "--hostname", self.node, "--without-mingle", "--without-gossip",
+                 "--without-heartbeat", "--morag-reap-timeout", "0"],
+                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            )
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
+    def request_stop(self) -> None:
+        """Ask for a warm shutdown, as ``celery multi stop`` does: SIGTERM to the main
+        process only, and return at once.
+
+        Never to the process group: a pool child killed by a signal can die holding the
+        pool's queue lock, and the main process then waits on it for ever in
+        ``Pool.close``. A worker on a polling transport (the embedded broker) looks at
+        its stop flag only between two-second drains, and drains once more after it, so
+        the same request also goes as a broker message, which ends the drain at once.
+        """
+        if self._stopping:
+            return
+        self._stopping = True
         with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(5)
+            os.kill(self.process.pid, signal.SIGTERM)
+        try:
+            self.app.control.shutdown(destination=[self.node])
+        except Exception:  # the signal alone still stops it, a few seconds later
+            log.warning("could not send the demo worker a shutdown message", exc_info=True)
+
+    def stop(self) -> None:
+        """Stop the worker and reap it; killed (the whole group) if it does not stop."""
+        self.request_stop()
+        try:
+            self.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            log.warning("the demo worker did not stop in time; killing it",
+                        pid=self.process.pid)
+            with suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+
+@contextmanager
+def _worker(directory: Path, app: Celery) -> Iterator[_Worker]:
+    """A real worker for the ``with`` block, stopped and reaped on the way out."""
+    worker = _Worker(directory, app)
+    try:
+        yield worker
+    finally:
+        worker.stop()
 
 
 @contextmanager

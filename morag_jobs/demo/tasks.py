@@ -21,6 +21,7 @@ from morag_jobs.celery.embedded import embedded_settings
 
 __all__ = ["app", "convert", "ingest_logs", "transcribe"]
 
+POLLING_INTERVAL = 0.1  # seconds, on the embedded broker
 AUDIO_PLAN = {"download": (0, 10), "transcription": (10, 80), "indexing": (80, 100)}
 TQDM_SCRIPT = """
 import sys, time
@@ -34,6 +35,11 @@ _directory = settings.demo_directory() or tempfile.mkdtemp(prefix="morag-demo-")
 app.conf.update(embedded_settings(_directory))
 if settings.demo_broker():
     app.conf.update(broker_url=settings.demo_broker(), result_backend=None)
+else:
+    # The filesystem transport polls its folders (once a second by default): poll often,
+    # so the worker picks jobs up, and hears the demo's shutdown request, without a wait.
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options,
+                                         "polling_interval": POLLING_INTERVAL}
 app.conf.update(worker_hijack_root_logger=False, task_track_started=True,
                 morag_jobs_database_url=settings.database_url())
 install(app, stage_plans={"audio": AUDIO_PLAN}, interval=0.2, heartbeat_interval=2.0)
