@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from morag_jobs.errors import (
     ConcurrencyConflict,
     InvalidProgress,
+    JobCancelled,
     JobExists,
     JobNotFound,
     MoragJobsError,
@@ -65,6 +66,7 @@ __all__ = [
     "HistoryEntry",
     "InvalidProgress",
     "Job",
+    "JobCancelled",
     "JobEventRecord",
     "JobExists",
     "JobNotFound",

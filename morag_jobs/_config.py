@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HEARTBEAT_INTERVAL",
     "MAPPING_TTL",
+    "MAX_LEASE",
     "REAP_TIMEOUT",
     "STREAM_POLL_INTERVAL",
     "SYNC_TIMEOUT",
@@ -42,6 +43,8 @@ HEARTBEAT_INTERVAL = 10.0
 """Seconds between two heartbeats of a worker's running jobs."""
 REAP_TIMEOUT = 120.0
 """Seconds without a heartbeat after which a running job is reaped."""
+MAX_LEASE = 366 * 86400.0
+"""The longest lease a remote job may have (a year): longer is "none"."""
 
 stage_plans: dict[str, StagePlan] = {}
 """The stage plans registered per job type (``morag_jobs.stages.register_stage_plan``)."""

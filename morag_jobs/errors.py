@@ -104,3 +104,18 @@ def brief(error: BaseException) -> str:
         return error.reason  # already the driver's first line, password masked
     text = str(getattr(error, "orig", None) or error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+class JobCancelled(BaseException):
+    """Raised inside a task by its next progress call once its job was ended elsewhere.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: ``except Exception`` in the task's
+    own code does not swallow it, so the task stops at its next ``report_progress``,
+    ``progress_callback`` call or ``stage`` boundary. The worker plugin turns it into a
+    REVOKED task (not a FAILURE); the job keeps the percentage it reached.
+    """
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(f"job {job_id} {reason}")
+        self.job_id = job_id
+        self.reason = reason

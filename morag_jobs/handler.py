@@ -96,9 +96,10 @@ class ProgressHandler:
         self.stats = HandlerStats()
         self.mappings = JobMappings(self.store, mapping_ttl)
         """Worker/task -> job bindings: how an event that names no job finds one."""
-        self._terminal: dict[str, float] = {}
-        """Ended jobs -> when they may be forgotten (monotonic), oldest first: late events
-        on them are refused without a query for ``ENDED_MEMORY`` seconds."""
+        self._terminal: dict[str, tuple[float, JobStatus]] = {}
+        """Ended jobs -> (when they may be forgotten (monotonic), how they ended), oldest
+        first: late events on them are refused without a query for ``ENDED_MEMORY`` s, and
+        a task still running one learns it (``ended_as``)."""
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         self._writer = CoalescingWriter(
@@ -233,17 +234,36 @@ class ProgressHandler:
             quiet_missing=True,
         )
 
+    def ended_as(self, job_id: str) -> JobStatus | None:
+        """How the job ended, if this process has seen it end (no query): a running task
+        asks before it goes on (a cancellation from elsewhere is seen on the next write
+        or heartbeat of the job)."""
+        ended = self._terminal.get(job_id)
+        return ended[1] if ended is not None else None
+
     def heartbeat(self, job_ids: Iterable[str]) -> int:
-        """Refresh the heartbeat of running jobs (for the reaper); the number refreshed."""
-        refreshed = 0
-        for job_id in job_ids:
-            try:
-                refreshed += self.store.update_job(job_id, rules.heartbeat) is not None
-            except (*RETRYABLE, JobNotFound) as error:
-                log.debug("heartbeat not written", job_id=job_id, error=brief(error))
-        return refreshed
+        """Refresh the heartbeat of running jobs (for the reaper); the number refreshed.
+
+        A job found ended (cancelled from the API, say) is remembered as ended."""
+        return sum(self._beat(job_id) for job_id in job_ids)
 
     # -- internals -----------------------------------------------------------------------
+
+    def _beat(self, job_id: str) -> bool:
+        seen: list[JobStatus] = []
+
+        def beat(job: Job) -> rules.Outcome | None:
+            seen[:] = [job.status]
+            return rules.heartbeat(job)
+
+        try:
+            written = self.store.update_job(job_id, beat) is not None
+        except (*RETRYABLE, JobNotFound) as error:
+            log.debug("heartbeat not written", job_id=job_id, error=brief(error))
+            return False
+        if seen and seen[0].is_terminal and job_id not in self._terminal:
+            self._remember_ended(job_id, seen[0])
+        return written
 
     def _apply_now(self, job_id: str, event: ProgressEvent, create: bool) -> ApplyResult:
         if create:
@@ -281,7 +301,7 @@ class ProgressHandler:
             # Queued by the writer and retried until it lands. Until then the job counts
             # as ended here, so progress reported after it is not written before it.
             if kind in _ENDINGS:
-                self._terminal[job_id] = math.inf  # until the completion lands
+                self._terminal[job_id] = (math.inf, _ENDINGS[kind])  # until it lands
             return False
         if job is None:
             log.info("job already ended; nothing to do", job_id=job_id, kind=kind)
@@ -298,11 +318,15 @@ class ProgressHandler:
         if job is None:
             return
         stats.writes += 1
+        if job.status.is_terminal:
+            # Ended here, or elsewhere (a cancellation from the API): a task still running
+            # it learns so at its next report, from this row, without a query of its own.
+            first_seen = job_id not in self._terminal or kind != "progress"
+            self._remember_ended(job_id, job.status)
+            if first_seen:
+                self.mappings.forget_job(job_id)
         if kind == "progress" and not any(outcome == "applied" for _, outcome, _ in tallies):
             return  # e.g. a late event counted on an ended job: nothing to tell listeners
-        if job.status.is_terminal:
-            self._remember_ended(job_id)
-            self.mappings.forget_job(job_id)
         event_type = _EVENT_TYPES.get(job.status, "updated")
         for listener in self._listeners:
             self._call_listener(listener, event_type, job)
@@ -320,16 +344,16 @@ class ProgressHandler:
                 log.exception("progress listener failed", listener=repr(listener),
                               attempt=attempt, job_id=job.id)
 
-    def _remember_ended(self, job_id: str) -> None:
+    def _remember_ended(self, job_id: str, status: JobStatus) -> None:
         """Keep an ended job for a while, so its late events cost no query; no longer,
         so a long-running worker's memory does not grow with every job it ever ran."""
         now = time.monotonic()
         ended = self._terminal
         ended.pop(job_id, None)  # re-inserted last: the dict stays oldest first
-        ended[job_id] = now + ENDED_MEMORY
+        ended[job_id] = (now + ENDED_MEMORY, status)
         while ended:
             first = next(iter(ended))
-            if ended[first] > now and len(ended) <= ENDED_MEMORY_MAX:
+            if ended[first][0] > now and len(ended) <= ENDED_MEMORY_MAX:
                 break
             del ended[first]
 

@@ -69,6 +69,18 @@ sys.exit(3)
 """
 
 
+@app.task(name="morag_test.until_cancelled")
+def until_cancelled(steps: int = 600, pause: float = 0.02) -> int:
+    """Reports step after step; its own ``except Exception`` must not hide a cancellation."""
+    for step in range(1, steps + 1):
+        try:  # noqa: SIM105 - user code as it is often written
+            report_progress(100.0 * step / (steps + 1), message=f"step {step}")
+        except Exception:  # what user code does: JobCancelled is a BaseException
+            pass
+        time.sleep(pause)
+    return steps
+
+
 @app.task(name="morag_test.count_up")
 def count_up(steps: int = 4, pause: float = PAUSE) -> int:
     """Reports step/(steps+1) of the way after each step, so 100% only comes from success."""

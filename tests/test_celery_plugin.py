@@ -22,6 +22,7 @@ from celery_progress.backend import Progress
 from morag_jobs import _config
 from morag_jobs.celery import JOB_TYPE_HEADER, SubmittedJob, submit
 from morag_jobs.celery.plugin import _redelivered_if_lost
+from morag_jobs.handler import ProgressHandler
 from morag_jobs.stages import register_stage_plan
 from morag_jobs.store import Job, JobStatus, JobStore
 from morag_jobs.store.engine import masked_url, parse_url
@@ -473,6 +474,29 @@ def test_celery_progress_sees_the_jobs_overall_percentage_never_going_back(
     assert seen == sorted(seen), f"celery-progress saw the bar go back: {seen}"
     assert min(seen) < 70.0 <= max(seen), (
         f"expected overall percentages across the processing band (10..70): {seen}")
+
+
+def test_a_cancelled_job_stops_its_task_at_the_next_report_as_revoked(
+    worker: InProcessWorker, store: JobStore, job_db: str
+) -> None:
+    """Cancelled from another process (the API, the CLI): the task learns it from the row
+    its own flusher writes and stops at its next report, REVOKED, not FAILURE."""
+    job = submit(tasks.until_cancelled, (600, 0.02))
+    running = wait_for_job(store, job.id, lambda j: j.percentage > 1.0, "progress")
+    with JobStore(job_db) as elsewhere_store:
+        elsewhere = ProgressHandler(elsewhere_store)
+        assert elsewhere.handle_job_cancellation(job.id, "cancelled from the dashboard")
+        elsewhere.close()
+    deadline = time.monotonic() + 10
+    while job.async_result.state != "REVOKED" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert job.async_result.state == "REVOKED", (
+        f"expected the task to stop as REVOKED, got {job.async_result.state}")
+    done = store.require_job(job.id)
+    assert done.status is JobStatus.CANCELLED and done.summary == "cancelled from the dashboard"
+    assert running.percentage <= done.percentage < 100.0, "the percentage reached is kept"
+    assert history(store, job.id)[-1].kind == "cancellation", (
+        "nothing written after the cancellation: late reports are only counted")
 
 
 # -- a worker at its default log level ------------------------------------------------------

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from morag_jobs import __version__, _config, settings, webhooks
-from morag_jobs.api import create, dashboard, jobs, metrics, remote, stream
+from morag_jobs.api import control, dashboard, jobs, metrics, remote, stream
 from morag_jobs.api.auth import ApiKeys
 from morag_jobs.api.metrics import ApiMetrics, UpdateTimer
 from morag_jobs.api.remote import JobCache
@@ -141,7 +141,7 @@ def create_app(
     )
     app.state.morag = state
     app.openapi = _with_schemas(app, ProgressUpdate)  # type: ignore[method-assign]
-    for router in (remote.router, create.router, jobs.router, stream.router, metrics.router,
+    for router in (remote.router, control.router, jobs.router, stream.router, metrics.router,
                    dashboard.router):
         app.include_router(router)
     app.add_exception_handler(RequestValidationError, _invalid)

@@ -3,10 +3,15 @@
 User keys see only their user's jobs: someone else's job answers 404, exactly as a job
 that does not exist, so a key learns nothing about jobs it may not read. Worker keys
 read nothing (403); admin keys read everything.
+
+A job is shown as ``JobView``: the stored job plus ``eta_seconds``, worked out when the
+answer is made (``morag_jobs.eta.EtaEstimator``: one estimator per app, which reads each
+job type's typical stage durations at most once a minute).
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -18,10 +23,11 @@ from morag_jobs.api.schemas import (
     ID_PATTERN,
     EventOut,
     EventPage,
-    JobOut,
     JobPage,
+    JobView,
     errors,
 )
+from morag_jobs.eta import EtaEstimator
 from morag_jobs.store import Job, JobStatus, JobStore
 
 __all__ = ["router"]
@@ -33,10 +39,23 @@ Sort = Literal[
 Filter = Annotated[str | None, Query(min_length=1, max_length=255, pattern=ID_PATTERN)]
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+_ESTIMATOR_LOCK = threading.Lock()
 
 
 def _store(request: Request) -> JobStore:
     return request.app.state.morag.store  # type: ignore[no-any-return]
+
+
+def _estimator(request: Request) -> EtaEstimator:
+    """The app's ``EtaEstimator`` (made on first use), so its cache serves every request."""
+    state = request.app.state
+    estimator: EtaEstimator | None = getattr(state, "morag_eta", None)
+    if estimator is None:
+        with _ESTIMATOR_LOCK:
+            estimator = getattr(state, "morag_eta", None)
+            if estimator is None:
+                estimator = state.morag_eta = EtaEstimator(_store(request))
+    return estimator
 
 
 def _readable(request: Request, principal: Principal, job_id: str) -> Job:
@@ -74,17 +93,20 @@ def list_jobs(
     store = _store(request)
     jobs = store.list_jobs(**filters, limit=limit, offset=offset, order_by=sort)
     total = store.count_jobs(**filters)
-    return JobPage(items=[JobOut.of(job) for job in jobs], total=total, limit=limit,
-                   offset=offset)
+    etas = _estimator(request).remaining_many(jobs)
+    return JobPage(items=[JobView.of(job, etas[job.id]) for job in jobs], total=total,
+                   limit=limit, offset=offset)
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=errors(401, 403, 404, 422, 503),
+@router.get("/{job_id}", response_model=JobView, responses=errors(401, 403, 404, 422, 503),
             summary="One job")
 def get_job(
     job_id: JobId, request: Request, principal: Annotated[Principal, Depends(authenticate)]
 ) -> Any:
-    """The job as stored. **404** when there is none or the key may not read it."""
-    return JobOut.of(_readable(request, principal, job_id))
+    """The job as stored, with its estimated time left (`eta_seconds`). **404** when there
+    is none or the key may not read it."""
+    job = _readable(request, principal, job_id)
+    return JobView.of(job, _estimator(request).remaining(job))
 
 
 @router.get("/{job_id}/events", response_model=EventPage,

@@ -9,7 +9,7 @@ never a 500 from the driver.
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -22,11 +22,13 @@ from pydantic import (
     StrictInt,
 )
 
+from morag_jobs import _config
 from morag_jobs.events import check_percent
 from morag_jobs.store import HistoryEntry, Job, JobStatus
 
 __all__ = [
     "BIGINT_MAX",
+    "DERIVED_JOB_FIELDS",
     "ERRORS",
     "HIDDEN_JOB_FIELDS",
     "MAX_ID_LENGTH",
@@ -38,6 +40,7 @@ __all__ = [
     "JobCreate",
     "JobOut",
     "JobPage",
+    "JobView",
     "ProgressUpdate",
     "UpdateAccepted",
     "ValidationErrorBody",
@@ -199,8 +202,9 @@ class JobCreate(_Strict):
         if self.lease_seconds in (None, "none"):
             return None
         value = float(self.lease_seconds)  # type: ignore[arg-type]
-        if not 0 < value < math.inf:
-            raise ValueError(f"lease_seconds must be positive seconds or 'none', got {value}")
+        if not 0 < value <= _config.MAX_LEASE:
+            raise ValueError(f"lease_seconds must be positive seconds up to "
+                             f"{_config.MAX_LEASE:g} (a year) or 'none', got {value}")
         return value
 
 
@@ -265,8 +269,29 @@ def job_json(job: Job) -> dict[str, Any]:
     return data
 
 
+class JobView(JobOut):
+    """A job as ``GET /api/v1/jobs`` and ``/jobs/{id}`` show it: every field of ``JobOut``
+    and what the API works out when it answers (``DERIVED_JOB_FIELDS``), which no table
+    stores. ``JobOut`` stays the mirror of ``Job`` (``tests/test_declared_once.py``)."""
+
+    eta_seconds: float | None = Field(
+        None, description="Seconds the job still needs, as estimated when the answer was made "
+                          "(the typical stage durations of finished jobs of its type, blended "
+                          "with its live rate); null unless it is PROCESSING and the estimate "
+                          "has something to go by.")
+
+    @classmethod
+    def of(cls, job: Job, eta: timedelta | None = None) -> JobView:
+        seconds = round(eta.total_seconds(), 1) if eta is not None else None
+        return cls.model_validate({**job_json(job), "eta_seconds": seconds})
+
+
+DERIVED_JOB_FIELDS = frozenset(JobView.model_fields) - frozenset(JobOut.model_fields)
+"""What ``JobView`` adds to a job: worked out at read time, never a field of ``Job``."""
+
+
 class JobPage(BaseModel):
-    items: list[JobOut]
+    items: list[JobView]
     total: int = Field(description="Jobs matching the filters, over all pages.")
     limit: int
     offset: int

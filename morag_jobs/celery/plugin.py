@@ -30,6 +30,7 @@ from typing import Any
 import click
 from celery import Celery, Task, bootsteps, signals
 
+from morag_jobs.celery.cancel import make_cancellable
 from morag_jobs.celery.runtime import Runtime, RuntimeConfig
 from morag_jobs.celery.sending import (
     JOB_HEADER,
@@ -79,6 +80,7 @@ def install(
         register_stage_plan(job_type, plan if isinstance(plan, StagePlan) else StagePlan(plan))
     _connect(app, runtime)
     connect_publisher(app, runtime)
+    make_cancellable(app)
     app.steps["worker"].add(MoragJobsStep)
     app.user_options["worker"].add(click.Option(["--morag-database"], help="Job database URL."))
     app.user_options["worker"].add(click.Option(

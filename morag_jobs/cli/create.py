@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from morag_jobs import _config
 from morag_jobs.cli._common import EXIT_USAGE, DatabaseOption, fail, open_store
 from morag_jobs.errors import JobExists, StoreUnavailable
 from morag_jobs.handler import ProgressHandler
@@ -79,6 +80,7 @@ def _lease(text: str | None) -> float | None:
         seconds = float(text)
     except ValueError:
         seconds = math.nan
-    if not 0 < seconds < math.inf:
-        fail(f"--lease {text!r}: give positive seconds or 'none'", EXIT_USAGE)
+    if not 0 < seconds <= _config.MAX_LEASE:
+        fail(f"--lease {text!r}: give positive seconds up to {_config.MAX_LEASE:g} (a year) "
+             "or 'none'", EXIT_USAGE)
     return seconds

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from morag_jobs.cli._common import DatabaseOption, fail, open_store
-from morag_jobs.eta import describe_remaining, estimate_remaining
+from morag_jobs.eta import EtaEstimator, describe_remaining
 from morag_jobs.events import utc_now
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.store import Job, JobStatus, JobStore
@@ -75,13 +75,12 @@ class ProgressCells:
         return Measurement(min(self.width, options.max_width), self.width)
 
 
-def _eta(store: JobStore, job: Job, now: datetime) -> timedelta | None:
-    if job.status is not JobStatus.PROCESSING:
-        return None
-    return estimate_remaining(store.history(job.id)[-50:], job.percentage, now=now)
+def _eta(eta: EtaEstimator, job: Job, now: datetime) -> timedelta | None:
+    """The ETA from the typical stage durations of the job's type and its live rate."""
+    return eta.remaining(job, now=now)
 
 
-def _render(store: JobStore, job: Job) -> Group:
+def _render(eta: EtaEstimator, job: Job) -> Group:
     now = utc_now()
     rows = Table.grid(padding=(0, 2))
     rows.add_column(style="bold")
@@ -106,16 +105,16 @@ def _render(store: JobStore, job: Job) -> Group:
     if job.error:
         rows.add_row("Error", Text(job.error, style="red"))
     rows.add_row("Updated", _ago(job.updated_at, now))
-    eta = _eta(store, job, now)
-    if eta is not None:
-        rows.add_row("ETA", describe_remaining(eta))
+    left = _eta(eta, job, now)
+    if left is not None:
+        rows.add_row("ETA", describe_remaining(left))
     return Group(rows)
 
 
-def _as_json(store: JobStore, job: Job) -> str:
+def _as_json(eta: EtaEstimator, job: Job) -> str:
     data = job.to_dict()
-    eta = _eta(store, job, utc_now())
-    data["eta_seconds"] = round(eta.total_seconds(), 1) if eta is not None else None
+    left = _eta(eta, job, utc_now())
+    data["eta_seconds"] = round(left.total_seconds(), 1) if left is not None else None
     return json.dumps(data)
 
 
@@ -134,39 +133,40 @@ def status(
     """
     store = open_store(database)
     job = _require(store, job_id)
+    eta = EtaEstimator(store)  # one for the command: a --watch reads the prior once a minute
     if not watch:
         if as_json:
-            typer.echo(_as_json(store, job))
+            typer.echo(_as_json(eta, job))
         else:
-            _console().print(_render(store, job))
+            _console().print(_render(eta, job))
         return
     if as_json:
         while True:
-            typer.echo(_as_json(store, job))
+            typer.echo(_as_json(eta, job))
             if job.status.is_terminal:
                 break
             time.sleep(interval)
             job = _require(store, job_id)
     else:
-        job = _watch_table(store, job, interval)
+        job = _watch_table(eta, job, interval)
     if job.status is not JobStatus.FINISHED:
         raise typer.Exit(EXIT_JOB_ENDED_BADLY)
 
 
-def _watch_table(store: JobStore, job: Job, interval: float) -> Job:
+def _watch_table(eta: EtaEstimator, job: Job, interval: float) -> Job:
     """Redraw the job in place until it ends; without a terminal, print where it ended."""
-    console = _console()
+    console, store = _console(), eta.store
     if not console.is_terminal:  # no redraws into a pipe: the last state, on its own line
         while not job.status.is_terminal:
             time.sleep(interval)
             job = _require(store, job.id)
-        console.print(_render(store, job))
+        console.print(_render(eta, job))
         return job
-    with Live(_render(store, job), console=console, refresh_per_second=4) as live:
+    with Live(_render(eta, job), console=console, refresh_per_second=4) as live:
         while not job.status.is_terminal:
             time.sleep(interval)
             job = _require(store, job.id)
-            live.update(_render(store, job))
+            live.update(_render(eta, job))
     return job
 
 

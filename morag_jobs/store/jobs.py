@@ -28,7 +28,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from morag_jobs import settings
+from morag_jobs import _config, settings
 from morag_jobs.errors import ConcurrencyConflict, JobExists, JobNotFound, StoreUnavailable
 from morag_jobs.events import utc_now
 from morag_jobs.logs import get_logger
@@ -265,6 +265,9 @@ class JobStore:
         """A new PENDING job, with the stage plan given (``ProgressHandler.create_job`` is the
         one that looks up the plan registered for ``job_type``: the store reads no registry)."""
         job_id = _checked_id(job_id) if job_id is not None else uuid.uuid4().hex
+        if lease_seconds is not None and not 0 < lease_seconds <= _config.MAX_LEASE:
+            raise ValueError(f"a lease is positive seconds up to {_config.MAX_LEASE:g}, "
+                             f"got {lease_seconds}")
         now = utc_now()
         values = {
             "id": job_id, "name": name, "job_type": job_type, "user_id": user_id,

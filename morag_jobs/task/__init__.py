@@ -6,12 +6,14 @@ logging (the log tap) or ``run_with_progress``, and the process's runtime writes
 Code that is not a task reports inside ``with job_context(job_id):``.
 """
 
+from morag_jobs.errors import JobCancelled
 from morag_jobs.task.commands import CommandFailed, run_with_progress
 from morag_jobs.task.context import (
     JobContext,
     Stage,
     current,
     get_current_job_id,
+    is_cancelled,
     progress_callback,
     report_progress,
     stage,
@@ -27,6 +29,7 @@ from morag_jobs.task.runtime import (
 
 __all__ = [
     "CommandFailed",
+    "JobCancelled",
     "JobContext",
     "LogTap",
     "ProgressLogHandler",
@@ -36,6 +39,7 @@ __all__ = [
     "current",
     "default_runtime",
     "get_current_job_id",
+    "is_cancelled",
     "job_context",
     "progress_callback",
     "progress_processor",

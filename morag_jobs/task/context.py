@@ -19,7 +19,7 @@ from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from morag_jobs.errors import InvalidProgress, NoJobContext
+from morag_jobs.errors import InvalidProgress, JobCancelled, NoJobContext
 from morag_jobs.events import ProgressEvent
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ __all__ = [
     "current",
     "current_context",
     "get_current_job_id",
+    "is_cancelled",
     "progress_callback",
     "report_progress",
     "stage",
@@ -67,8 +68,8 @@ class JobRuntime(Protocol):
 class JobContext:
     """The job a running task reports to, and the latest state it reported."""
 
-    __slots__ = ("dirty", "event", "has_plan", "job_id", "known", "log_stream", "runtime",
-                 "stages", "state", "task_id", "token")
+    __slots__ = ("cancelled", "dirty", "event", "has_plan", "job_id", "known", "log_stream",
+                 "runtime", "stages", "state", "task_id", "token")
 
     def __init__(self, job_id: str, task_id: str | None, runtime: JobRuntime) -> None:
         self.job_id = job_id
@@ -86,6 +87,9 @@ class JobContext:
         # The task's own log lines, read as one stream (state across lines, outer bars);
         # made by the log tap on the first line, gone with the task.
         self.log_stream: Any = None
+        # Why the task must stop (its job was cancelled or ended elsewhere), set by the
+        # runtime's flusher from the rows it writes; the next report raises JobCancelled.
+        self.cancelled: str | None = None
 
     def take(self) -> ProgressEvent | None:
         """The state reported since the last take, as an event (None when nothing new)."""
@@ -141,6 +145,8 @@ def report_progress(
     context = _CURRENT.get()
     if context is None:
         raise NoJobContext(_NO_JOB)
+    if context.cancelled is not None:
+        raise JobCancelled(context.job_id, context.cancelled)
     if percent is not None:
         if percent.__class__ is not float:
             percent = _as_float(percent)
@@ -183,6 +189,14 @@ def progress_callback(stage: str | None = None) -> Callable[..., None]:
             _CURRENT.reset(token)
 
     return callback
+
+
+def is_cancelled() -> bool:
+    """Whether the running task's job was cancelled (or ended elsewhere): for code that
+    prefers to check rather than be stopped by ``JobCancelled`` at its next report. No
+    query: the flusher learns it from the job's writes and heartbeats."""
+    context = _CURRENT.get()
+    return context is not None and context.cancelled is not None
 
 
 def get_current_job_id() -> str | None:
@@ -248,6 +262,8 @@ class Stage:
         parent = context.stages[-1] if context.stages else None
         if parent is not None:
             parent._child = None
+        if isinstance(error, JobCancelled):
+            return  # the job ended elsewhere: nothing failed here, the task just stops
         if error is not None:
             self.error = f"{type(error).__name__}: {error}"
             path = "/".join([s.name for s in context.stages] + [self.name])

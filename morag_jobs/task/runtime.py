@@ -29,7 +29,7 @@ from morag_jobs.handler import ProgressHandler
 from morag_jobs.logs import get_logger
 from morag_jobs.parser import ProgressEventParser
 from morag_jobs.reaper import DEFAULT_TIMEOUT
-from morag_jobs.store import JobStore
+from morag_jobs.store import JobStatus, JobStore
 from morag_jobs.task.context import JobContext, bind, unbind
 
 __all__ = ["Runtime", "RuntimeConfig", "default_runtime", "job_context", "set_default_runtime"]
@@ -216,6 +216,17 @@ class Runtime:
         event = context.take()
         if event is not None:
             self.handler.apply(event, context.job_id)
+        self._learn_ended(context)
+
+    def _learn_ended(self, context: JobContext) -> None:
+        """The job ended elsewhere (cancelled from the API, failed by a reaper): the task's
+        next report raises ``JobCancelled``. Known from this process's own writes."""
+        if context.cancelled is not None or not context.known:
+            return
+        status = self.handler.ended_as(context.job_id)
+        if status is not None:
+            context.cancelled = ("was cancelled" if status is JobStatus.CANCELLED
+                                 else f"ended {status.value} elsewhere")
 
     def _run(self) -> None:
         try:
@@ -234,6 +245,8 @@ class Runtime:
                 if time.monotonic() - last_heartbeat >= self.config.heartbeat_interval:
                     last_heartbeat = time.monotonic()
                     self.handler.heartbeat(c.job_id for c in running)
+                    for context in running:
+                        self._learn_ended(context)
             except Exception:  # the flusher must survive anything: heartbeats depend on it
                 log.exception("progress flush failed")
 

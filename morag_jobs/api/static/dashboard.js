@@ -7,6 +7,8 @@ const KEY_STORAGE = "morag-jobs.api-key";
 const TERMINAL = new Set(["FINISHED", "FAILED", "CANCELLED"]);
 const ETA_WINDOW = 20;            // progress samples an ETA looks back over ...
 const ETA_MAX_AGE_MS = 10 * 60e3; // ... if they are at most this old
+const SERVER_ETA_MAX_AGE_MS = 60e3;  // the server's ETA counts down this long, then the local one takes over
+const SERVER_ETA_REFRESH_MS = 30e3;  // running jobs' server ETAs are asked for again this often
 const PAGE = 100;          // jobs per "Load more"
 const OVERLAP = 5;         // rows re-read at a page boundary: a job deleted meanwhile cannot make paging skip one
 const RECOUNT_MS = 1000;   // at most one recount of the total per this long
@@ -16,6 +18,7 @@ const state = {
   jobs: new Map(),      // id -> job snapshot (highest version seen)
   samples: new Map(),   // id -> [{t, p}] progress history for the ETA (server times, ms)
   received: new Map(),  // id -> Date.now() when its latest sample arrived
+  serverEta: new Map(), // id -> {seconds, at}: the server's eta_seconds and Date.now() when it came
   rows: new Map(),      // id -> <tr>, for the jobs listed now
   view: newView(""),    // the list: its filter, total and how far down it is loaded
   recountTimer: null,
@@ -95,9 +98,36 @@ function addSample(id, iso, p, arrived = true) {
   if (arrived) state.received.set(id, Date.now());
 }
 
-// Seconds left, at the rate of the recent samples (or the average since the job started).
+// The server's ETA (GET /jobs: typical stage durations of finished jobs of the type,
+// blended with the live rate); the stream's jobs carry none, so the last one is kept.
+function takeServerEta(job) {
+  if (!("eta_seconds" in job)) return;
+  if (Number.isFinite(job.eta_seconds)) state.serverEta.set(job.id, { seconds: job.eta_seconds, at: Date.now() });
+  else state.serverEta.delete(job.id);
+}
+
+// Running jobs' server ETAs, asked for again (one request) while any job is running.
+async function refreshServerEtas() {
+  if (!state.key || !state.source || ![...state.jobs.values()].some((job) => job.status === "PROCESSING")) return;
+  try {
+    const page = await api(`jobs?status=PROCESSING&limit=${PAGE}&sort=-updated_at`);
+    for (const job of items(page)) {
+      const known = state.jobs.get(job.id);
+      if (known && known.version <= job.version) takeServerEta(job);
+    }
+  } catch (error) {
+    if (error instanceof Unauthorized) failed(error);  // else the next refresh tries again
+  }
+}
+
+// Seconds left: the server's estimate counted down since it came, while it is recent;
+// else at the rate of the recent samples (or the average since the job started).
 function etaSeconds(job) {
-  if (TERMINAL.has(job.status) || !(job.percentage > 0)) return NaN;
+  if (TERMINAL.has(job.status)) return NaN;
+  const server = state.serverEta.get(job.id);
+  const age = server ? Date.now() - server.at : Infinity;
+  if (age <= SERVER_ETA_MAX_AGE_MS) return Math.max(0, server.seconds - age / 1000);
+  if (!(job.percentage > 0)) return NaN;
   if (job.percentage >= 100) return 0;
   const samples = state.samples.get(job.id) || [];
   const latest = samples[samples.length - 1];
@@ -191,6 +221,7 @@ function accept(job) {
   const known = state.jobs.get(job.id);
   if (known && known.version > job.version) return false;
   state.jobs.set(job.id, job);
+  takeServerEta(job);
   addSample(job.id, job.last_progress_at || job.updated_at, job.percentage);
   return true;
 }
@@ -761,6 +792,7 @@ function start() {
   state.jobs.clear();
   state.samples.clear();
   state.received.clear();
+  state.serverEta.clear();
   state.view = newView($("status-filter").value);
   route();
   loadJobs().then(connect, failed);
@@ -786,6 +818,7 @@ document.addEventListener("DOMContentLoaded", () => {
   window.addEventListener("resize", renderDetailChartSoon);
   window.addEventListener("hashchange", route);
   setInterval(tick, 1000);
+  setInterval(refreshServerEtas, SERVER_ETA_REFRESH_MS);
   if (state.key) start();
   else askForKey("");
 });
