@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -24,7 +24,7 @@ from morag_jobs.logs import get_logger
 from morag_jobs.mappings import JobMappings
 from morag_jobs.outcomes import ApplyResult, HandlerStats
 from morag_jobs.stages import get_stage_plan
-from morag_jobs.store import Job, JobChanges, JobStatus, JobStore, Mutation
+from morag_jobs.store import Family, Job, JobChanges, JobStatus, JobStore, Mutation
 
 __all__ = ["ApplyResult", "HandlerStats", "Listener", "ProgressHandler", "arrived"]
 
@@ -169,18 +169,28 @@ class ProgressHandler:
         with self._lock:
             self._listeners = [c for c in self._listeners if c != callback]
 
-    def create_job(self, **fields: Any) -> Job:
+    def create_job(
+        self, *, children: Sequence[Mapping[str, Any]] | None = None, **fields: Any
+    ) -> Job:
         """Create a job (``JobStore.create_job``'s fields) and tell the listeners ("created").
 
         Without ``stages`` the job takes the plan registered for its ``job_type``
-        (``register_stage_plan``), if any.
+        (``register_stage_plan``), if any. With ``children`` (each ``create_job``'s fields
+        and an optional ``weight``) it is a parent job, made with its children in one
+        transaction, its percentage the weighted mean of theirs (``morag_jobs.store.family``).
 
         Jobs are created here rather than on the store, so that every change of a job,
         its birth included, reaches every listener (the API cache, the stream, the mirror).
         """
         if fields.get("stages") is None:
             fields["stages"] = get_stage_plan(fields.get("job_type"))
-        job = self.store.create_job(**fields)
+        if children is None:
+            job = self.store.create_job(**fields)
+        else:
+            planned = [child if child.get("stages") is not None else
+                       {**child, "stages": get_stage_plan(child.get("job_type"))}
+                       for child in children]
+            job, _ = Family(self.store).create(fields, planned)
         for listener in self._listeners:
             self._call_listener(listener, "created", job)
         return job
@@ -218,8 +228,21 @@ class ProgressHandler:
             return None
 
     def handle_job_cancellation(self, job_id: str, reason: str | None = None) -> bool:
-        """The job was cancelled (revoked); its percentage is kept."""
-        return self._finish(job_id, lambda job: rules.cancellation(job, reason), "cancellation")
+        """The job was cancelled (revoked); its percentage is kept. A parent's children
+        still running are cancelled too (their tasks stop at their next report)."""
+        if not self._finish(job_id, lambda job: rules.cancellation(job, reason),
+                            "cancellation"):
+            return False
+        because = f"parent cancelled: {reason}" if reason else "parent cancelled"
+        try:
+            children = Family(self.store).children(job_id, limit=None, running_only=True)
+        except RETRYABLE as error:
+            log.warning("children not cancelled: database unreachable", job_id=job_id,
+                        error=brief(error))
+            return True
+        for child in children:
+            self._finish(child.id, lambda job: rules.cancellation(job, because), "cancellation")
+        return True
 
     def handle_job_retry(self, job_id: str, message: str, *, reset: bool = False) -> bool:
         """Note a retry; ``reset=True`` is the one way the percentage may go down."""

@@ -14,7 +14,7 @@ from contextlib import ExitStack
 
 import pytest
 import redis
-from celery import Celery, Task
+from celery import Celery, Task, chain, group
 from celery.contrib.testing.worker import start_worker
 from celery.result import AsyncResult
 from celery_progress.backend import Progress
@@ -24,7 +24,7 @@ from morag_jobs.celery import JOB_TYPE_HEADER, SubmittedJob, submit
 from morag_jobs.celery.plugin import _redelivered_if_lost
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.stages import register_stage_plan
-from morag_jobs.store import Job, JobStatus, JobStore
+from morag_jobs.store import Family, Job, JobStatus, JobStore
 from morag_jobs.store.engine import masked_url, parse_url
 from tests import celery_app as tasks
 from tests.celery_app import AUDIO, AUDIO_PLAN, describe, history, wait_for_job
@@ -497,6 +497,41 @@ def test_a_cancelled_job_stops_its_task_at_the_next_report_as_revoked(
     assert running.percentage <= done.percentage < 100.0, "the percentage reached is kept"
     assert history(store, job.id)[-1].kind == "cancellation", (
         "nothing written after the cancellation: late reports are only counted")
+
+
+def test_a_group_is_one_parent_job_climbing_to_finished(
+    worker: InProcessWorker, store: JobStore
+) -> None:
+    canvas = group(tasks.count_up.s(3, 0.02) for _ in range(5))
+    parent = submit(canvas, name="five counts", weights=[1, 1, 1, 1, 4])
+    assert (parent.children, parent.children_weight, parent.job_type) == (5, 8.0, "group")
+    kids = Family(store).children(parent.id)
+    assert [k.name for k in kids] == [tasks.count_up.name] * 5
+    assert [k.weight for k in kids] == [1.0, 1.0, 1.0, 1.0, 4.0]
+    seen = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = store.require_job(parent.id)
+        seen.append(now.percentage)
+        if now.status.is_terminal:
+            break
+        time.sleep(0.02)
+    assert now.status is JobStatus.FINISHED and seen[-1] == 100.0, now
+    assert seen == sorted(seen) and len(set(seen)) > 3, f"climbing, never back: {seen}"
+    assert parent.async_result.get(timeout=10) == [3, 3, 3, 3, 3]
+
+
+def test_a_failed_chain_member_fails_the_parent_with_its_error(
+    worker: InProcessWorker, store: JobStore
+) -> None:
+    parent = submit(chain(tasks.report_once.si(20.0), tasks.fail_after.si(40.0),
+                          tasks.report_once.si(90.0)))
+    done = wait_for_job(store, parent.id, finished, "the chain's parent to end", timeout=20)
+    assert done.status is JobStatus.FAILED
+    assert done.error == f"{tasks.fail_after.name} FAILED: ValueError: corrupt input file"
+    statuses = [k.status for k in Family(store).children(parent.id)]
+    assert statuses[:2] == [JobStatus.FINISHED, JobStatus.FAILED]
+    assert statuses[2] is JobStatus.PENDING, "the chain stopped: its last task never ran"
 
 
 # -- a worker at its default log level ------------------------------------------------------

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pytest
 import redis
-from celery import Task
+from celery import Task, group
 from celery.result import AsyncResult
 
 from morag_jobs.celery import Runtime, RuntimeConfig, report_progress, submit
 from morag_jobs.reaper import reap
-from morag_jobs.store import Job, JobStatus, JobStore
+from morag_jobs.store import Family, Job, JobStatus, JobStore
 from morag_jobs.task.runtime import default_runtime, set_default_runtime
 from tests import celery_app as tasks
 from tests.celery_app import describe, history, wait_for_job
@@ -129,12 +129,12 @@ def start_worker(
 ) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def start(reap_timeout: float = 0) -> WorkerProcess:
-        queue = f"morag-prefork-{uuid.uuid4().hex[:8]}"
+    def start(reap_timeout: float = 0, queue: str | None = None) -> WorkerProcess:
+        queue = queue or f"morag-prefork-{uuid.uuid4().hex[:8]}"
         command = [
             sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker",
             "--pool", "prefork", "-c", "1", "--loglevel", "INFO", "-Q", queue, "-I", MODULE,
-            "-n", f"{queue}@%h", "--without-mingle", "--without-gossip",
+            "-n", f"{queue}-{len(started)}@%h", "--without-mingle", "--without-gossip",
             "--morag-heartbeat", str(HEARTBEAT), "--morag-reap-timeout", str(reap_timeout),
         ]
         env = {**os.environ, "MORAG_DATABASE_URL": job_db,
@@ -310,3 +310,30 @@ def test_a_job_whose_task_celery_redelivers_waits_pending_then_finishes(
     assert len(starts) == 2 and starts[1].startswith("redelivered on"), starts
     kinds = [(e.source, e.kind) for e in history(store, alive.id)]
     assert ("reaper", "requeue") in kinds and ("reaper", "failure") not in kinds, kinds
+
+
+def test_a_group_of_50_tasks_on_two_worker_processes_climbs_to_100(
+    start_worker: Callable[..., WorkerProcess], store: JobStore, job_db: str
+) -> None:
+    """The parent of a canvas: children written by two workers at once, the parent's
+    percentage kept in the children's transactions, never going back."""
+    first = start_worker()
+    second = start_worker(queue=first.queue)
+    with submitting_to(job_db):
+        parent = submit(group(tasks.count_up.s(2, 0.05) for _ in range(50)),
+                        queue=first.queue)
+    seen: list[float] = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        now = store.require_job(parent.id)
+        seen.append(now.percentage)
+        if now.status.is_terminal:
+            break
+        time.sleep(0.05)
+    assert now.status is JobStatus.FINISHED and now.percentage == 100.0, (
+        f"{now.status} {now.percentage}\n{first.tail()}\n{second.tail()}")
+    assert seen == sorted(seen), "the parent never went back"
+    assert now.children_done == 50 and now.progress_sum == pytest.approx(5000.0)
+    workers = {str(k.metadata.get("worker", "")).split("@")[0]
+               for k in Family(store).children(parent.id, limit=None)}
+    assert len(workers) == 2, f"both workers ran children: {workers}"

@@ -28,7 +28,7 @@ from morag_jobs.api.schemas import (
     errors,
 )
 from morag_jobs.eta import EtaEstimator
-from morag_jobs.store import Job, JobStatus, JobStore
+from morag_jobs.store import Family, Job, JobStatus, JobStore
 
 __all__ = ["router"]
 
@@ -107,6 +107,24 @@ def get_job(
     is none or the key may not read it."""
     job = _readable(request, principal, job_id)
     return JobView.of(job, _estimator(request).remaining(job))
+
+
+@router.get("/{job_id}/children", response_model=JobPage,
+            responses=errors(401, 403, 404, 422, 503), summary="A parent job's children")
+def job_children(
+    job_id: JobId,
+    request: Request,
+    principal: Annotated[Principal, Depends(authenticate)],
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+) -> Any:
+    """The children of a parent job (a Celery canvas), in the canvas's order, a page at a
+    time; ``total`` is the parent's number of children (none for a job that is not one)."""
+    parent = _readable(request, principal, job_id)
+    kids = Family(_store(request)).children(job_id, limit=limit, offset=offset)
+    etas = _estimator(request).remaining_many(kids)
+    return JobPage(items=[JobView.of(kid, etas[kid.id]) for kid in kids],
+                   total=parent.children, limit=limit, offset=offset)
 
 
 @router.get("/{job_id}/events", response_model=EventPage,

@@ -251,6 +251,13 @@ class JobOut(BaseModel):
     claim: str | None = None
     lease_seconds: float | None = None
     lease_until: datetime | None = None
+    parent_id: str | None = None
+    weight: float = 1.0
+    children: int = 0
+    children_done: int = 0
+    children_failed: int = 0
+    children_weight: float = 0.0
+    progress_sum: float = 0.0
 
     @classmethod
     def of(cls, job: Job) -> JobOut:

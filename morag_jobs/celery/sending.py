@@ -10,13 +10,15 @@ worker.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 from celery import Celery, Task, signals
+from celery.canvas import Signature
 from celery.utils import uuid as celery_uuid
 
+from morag_jobs.celery.canvas import is_canvas, submit_canvas
 from morag_jobs.celery.runtime import Runtime
 from morag_jobs.errors import JobExists, StoreUnavailable
 from morag_jobs.logs import get_logger
@@ -49,7 +51,7 @@ class SubmittedJob(Job):
 
 
 def submit(
-    task: Task,
+    task: Task | Signature,
     args: tuple[Any, ...] = (),
     kwargs: Mapping[str, Any] | None = None,
     *,
@@ -59,6 +61,7 @@ def submit(
     stages: StagePlan | None = None,
     metadata: Mapping[str, Any] | None = None,
     webhook_url: str | None = None,
+    weights: Sequence[float] | None = None,
     **apply_async_options: Any,
 ) -> SubmittedJob:
     """Create the job (PENDING), then send the task with the job id in its headers.
@@ -68,11 +71,29 @@ def submit(
     ``install``); ``submit`` is for what ``.delay()`` cannot say: a name, a user, a plan,
     metadata, a webhook.
 
+    A Celery ``group``, ``chain`` or ``chord`` (nested too) becomes a parent job with one
+    child per task (``weights`` in the canvas's order, equal by default), its percentage
+    the children's weighted mean; ``.async_result`` is the canvas's result. A signature
+    (``task.s(1, 2)``) is sent with its own arguments and options.
+
     A ``webhook_url`` that is not absolute http(s) raises ``WebhookURLRefused`` here,
     before anything is created, rather than failing at delivery after the job ended.
     """
     if webhook_url is not None:
         check_url(webhook_url)
+    if is_canvas(task):
+        assert isinstance(task, Signature)
+        fields_ = {"name": name, "job_type": job_type, "user_id": user_id, "stages": stages,
+                   "metadata": metadata, "webhook_url": webhook_url}
+        parent, sent = submit_canvas(default_runtime(), task, fields=fields_, weights=weights,
+                                     apply_async_options=apply_async_options)
+        return SubmittedJob(**{f.name: getattr(parent, f.name) for f in fields(Job)},
+                            async_result=sent)
+    if isinstance(task, Signature):
+        return submit(task.type, tuple(task.args), {**task.kwargs, **(kwargs or {})},
+                      name=name, job_type=job_type, user_id=user_id, stages=stages,
+                      metadata=metadata, webhook_url=webhook_url,
+                      **{**task.options, **apply_async_options})
     handler = default_runtime().handler
     task_id = apply_async_options.pop("task_id", None) or celery_uuid()
     job = handler.create_job(

@@ -102,6 +102,11 @@ def _render(eta: EtaEstimator, job: Job) -> Group:
     rows.add_row("Progress", bar)
     if job.summary:
         rows.add_row("Message", job.summary)
+    if job.children:
+        failed = f", {job.children_failed} failed" if job.children_failed else ""
+        rows.add_row("Children", f"{job.children_done} of {job.children} ended{failed}")
+    if job.parent_id:
+        rows.add_row("Parent", job.parent_id)
     if job.error:
         rows.add_row("Error", Text(job.error, style="red"))
     rows.add_row("Updated", _ago(job.updated_at, now))

@@ -10,6 +10,7 @@ holds it to that).
 
 from __future__ import annotations
 
+from morag_jobs.store.family import Family
 from morag_jobs.store.jobs import JobStore, Mutation, upgrade_database
 from morag_jobs.store.keys import KeyStore
 from morag_jobs.store.mappings import MappingStore
@@ -18,6 +19,7 @@ from morag_jobs.store.reads import JobReads
 from morag_jobs.store.records import HistoryEntry, Job, JobChanges, JobEventRecord, JobStatus
 
 __all__ = [
+    "Family",
     "HistoryEntry",
     "Job",
     "JobChanges",

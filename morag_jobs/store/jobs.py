@@ -36,6 +36,7 @@ from morag_jobs.stages import StagePlan
 from morag_jobs.store import queries as q
 from morag_jobs.store.engine import create_store_engine, masked_url, parse_url, sqlite_file
 from morag_jobs.store.migrate import migrate as run_migrations
+from morag_jobs.store.parents import parent_change, parent_update
 from morag_jobs.store.records import HistoryEntry, Job, JobChanges, JobStatus
 
 __all__ = [
@@ -380,6 +381,10 @@ class JobStore:
             job = Job.from_row(row._mapping)
             if history is not None:
                 connection.execute(q.insert_event(q.event_values(job, history)))
+            change = parent_change(snapshot, job) if job.parent_id is not None else None
+            if change is not None:  # the parent's sums move in the child's transaction
+                connection.execute(parent_update(job.parent_id, change, job.updated_at or
+                                                 utc_now()))
             if self._trim_every and job.version % self._trim_every == 0:
                 connection.execute(q.trim_history(job.id, self._history_limit or 0))
         return job

@@ -154,6 +154,14 @@ class JobRow(Base):
     claim: Mapped[str | None] = mapped_column(String(16))
     lease_seconds: Mapped[float | None] = mapped_column(Real)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    parent_id: Mapped[str | None] = mapped_column(
+        String(64), ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    weight: Mapped[float] = mapped_column(Real, server_default="1")
+    children: Mapped[int] = mapped_column(Integer, server_default="0")
+    children_done: Mapped[int] = mapped_column(Integer, server_default="0")
+    children_failed: Mapped[int] = mapped_column(Integer, server_default="0")
+    children_weight: Mapped[float] = mapped_column(Real, server_default="0")
+    progress_sum: Mapped[float] = mapped_column(Real, server_default="0")
 
 
 class JobEventRow(Base):

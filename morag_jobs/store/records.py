@@ -95,6 +95,19 @@ class Job:
     lease_seconds: float | None = None
     """A remote job's lease: how long it may go without a report (None: forever)."""
     lease_until: datetime | None = None
+    parent_id: str | None = None
+    """The parent job (a Celery canvas: group, chain, chord) this job is one task of."""
+    weight: float = 1.0
+    """This job's share of its parent's percentage, relative to its siblings' weights."""
+    children: int = 0
+    """A parent's number of children; the four below are running sums kept on every
+    child write, so a parent is read as one row however many children it has."""
+    children_done: int = 0
+    children_failed: int = 0
+    children_weight: float = 0.0
+    progress_sum: float = 0.0
+    """Sum over the children of weight x percentage: the parent's percentage is
+    ``progress_sum / children_weight``."""
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Job:
