@@ -66,6 +66,9 @@ class ProgressEvent:
     raw: str | None = None
     sequence: int | None = None
     source: str = "log"
+    attempt: int | None = None
+    """The attempt (numbered start of the job's task) that reported it, when known: an
+    event from an attempt older than the job's current one is refused ("superseded")."""
 
     def __post_init__(self) -> None:
         percent = self.percent
@@ -103,7 +106,7 @@ class ProgressEvent:
         get = fields.get
         (s_percent, s_current, s_total, s_message, s_stage, s_timestamp, s_logger, s_level,
          s_task_id, s_worker_id, s_process, s_job_id, s_format, s_raw, s_sequence,
-         s_source) = _SETTERS
+         s_source, s_attempt) = _SETTERS
         s_percent(event, percent)
         s_current(event, current)
         s_total(event, total)
@@ -120,6 +123,7 @@ class ProgressEvent:
         s_raw(event, raw)
         s_sequence(event, None)
         s_source(event, "log")
+        s_attempt(event, None)
         return event
 
     # The names of the original MoRAG parser, kept so its callers keep working.

@@ -99,7 +99,9 @@ class ProgressHandler:
         self._terminal: dict[str, tuple[float, JobStatus]] = {}
         """Ended jobs -> (when they may be forgotten (monotonic), how they ended), oldest
         first: late events on them are refused without a query for ``ENDED_MEMORY`` s, and
-        a task still running one learns it (``ended_as``)."""
+        a task still running one learns it (``stop_reason``)."""
+        self._superseded: dict[str, int] = {}
+        """Jobs a write refused an older attempt's event for -> the job's attempt then."""
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         self._writer = CoalescingWriter(
@@ -197,7 +199,7 @@ class ProgressHandler:
 
     def handle_job_completion(
         self, job_id: str, success: bool, final_message: str | None = None, *,
-        result: Any = None, worker_id: str | None = None,
+        result: Any = None, worker_id: str | None = None, attempt: int | None = None,
     ) -> bool:
         """End the job: FINISHED at 100%, or FAILED keeping its percentage. Written now.
 
@@ -205,7 +207,7 @@ class ProgressHandler:
         who ended it, in the same write as the ending (a remote worker's completion).
         """
         def mutate(job: Job) -> rules.Outcome | None:
-            outcome = rules.completion(job, success, final_message)
+            outcome = rules.completion(job, success, final_message, attempt=attempt)
             if outcome is None or (result is None and worker_id is None):
                 return outcome
             changes: JobChanges = {**outcome[0]}
@@ -250,19 +252,28 @@ class ProgressHandler:
 
     def handle_job_start(
         self, job_id: str, *, worker: str | None = None, redelivery_ok: bool = False
-    ) -> bool:
-        """A worker started the job: PROCESSING now. False when the job does not exist."""
-        return self._finish(
+    ) -> Job | None:
+        """A worker started the job: PROCESSING now, as attempt ``job.attempt`` (each start
+        is a new, fenced attempt). None when the job does not exist or has ended."""
+        return self._written_now(
             job_id, lambda job: rules.start(job, worker, redelivery_ok=redelivery_ok), "start",
             quiet_missing=True,
         )
 
-    def ended_as(self, job_id: str) -> JobStatus | None:
-        """How the job ended, if this process has seen it end (no query): a running task
-        asks before it goes on (a cancellation from elsewhere is seen on the next write
-        or heartbeat of the job)."""
+    def stop_reason(self, job_id: str, attempt: int | None = None) -> str | None:
+        """Why a task running ``attempt`` of the job must stop, if this process knows (no
+        query): the job ended ("was cancelled", "ended FAILED elsewhere"), or a newer
+        attempt took it over ("superseded by attempt N"). Learned from the job's writes
+        and heartbeats, so a cancellation from elsewhere is seen within one of them."""
         ended = self._terminal.get(job_id)
-        return ended[1] if ended is not None else None
+        if ended is not None:
+            status = ended[1]
+            return ("was cancelled" if status is JobStatus.CANCELLED
+                    else f"ended {status.value} elsewhere")
+        newer = self._superseded.get(job_id)
+        if attempt is not None and newer is not None and newer > attempt:
+            return f"superseded by attempt {newer}"
+        return None
 
     def heartbeat(self, job_ids: Iterable[str]) -> int:
         """Refresh the heartbeat of running jobs (for the reaper); the number refreshed.
@@ -314,22 +325,26 @@ class ProgressHandler:
     def _finish(
         self, job_id: str, mutate: Mutation, kind: str, *, quiet_missing: bool = False
     ) -> bool:
+        return self._written_now(job_id, mutate, kind, quiet_missing=quiet_missing) is not None
+
+    def _written_now(
+        self, job_id: str, mutate: Mutation, kind: str, *, quiet_missing: bool = False
+    ) -> Job | None:
         try:
             job = self._writer.write_now(job_id, mutate, kind)
         except JobNotFound:
             if not quiet_missing:
                 log.warning("no such job", job_id=job_id, kind=kind)
-            return False
+            return None
         except StoreUnavailable:
             # Queued by the writer and retried until it lands. Until then the job counts
             # as ended here, so progress reported after it is not written before it.
             if kind in _ENDINGS:
                 self._terminal[job_id] = (math.inf, _ENDINGS[kind])  # until it lands
-            return False
+            return None
         if job is None:
-            log.info("job already ended; nothing to do", job_id=job_id, kind=kind)
-            return False
-        return True
+            log.info("job already ended or moved on; nothing to do", job_id=job_id, kind=kind)
+        return job
 
     def _written(
         self, job_id: str, job: Job | None, kind: str, tallies: list[tuple[str, str, int]]
@@ -341,6 +356,10 @@ class ProgressHandler:
         if job is None:
             return
         stats.writes += 1
+        if any(outcome == "superseded" for _, outcome, _ in tallies):
+            if len(self._superseded) >= ENDED_MEMORY_MAX:
+                self._superseded.clear()  # a bound, not a cache policy: rare by nature
+            self._superseded[job_id] = job.attempt
         if job.status.is_terminal:
             # Ended here, or elsewhere (a cancellation from the API): a task still running
             # it learns so at its next report, from this row, without a query of its own.

@@ -99,6 +99,8 @@ def judge(job: Job, event: ProgressEvent) -> Verdict:
     """
     if job.status.is_terminal:
         return Verdict(False, "terminal")
+    if event.attempt is not None and event.attempt < job.attempt:
+        return Verdict(False, "superseded")
     # A last time still in the future (written before clocks were clamped) is read as
     # now, so it cannot freeze the job; the same sequence again is a retry, not applied.
     last_at = job.last_event_at
@@ -126,7 +128,7 @@ def progress(job: Job, event: ProgressEvent, verdict: Verdict | None = None) -> 
     """
     verdict = verdict or judge(job, event)
     if not verdict.accepted:
-        if verdict.reason == "terminal":
+        if verdict.reason in ("terminal", "superseded"):
             return {"ignored_count": job.ignored_count + 1}, None
         return None
     now = utc_now()
@@ -209,10 +211,14 @@ def judged_chain(
 
 
 def completion(
-    job: Job, success: bool, message: str | None, source: str = "lifecycle"
+    job: Job, success: bool, message: str | None, source: str = "lifecycle", *,
+    attempt: int | None = None,
 ) -> Outcome | None:
-    """FINISHED at 100%, or FAILED keeping the percentage reached and recording the error."""
-    if job.status.is_terminal:
+    """FINISHED at 100%, or FAILED keeping the percentage reached and recording the error.
+
+    A completion from an ``attempt`` older than the job's current one changes nothing
+    (a worker that came back after its task was delivered to another)."""
+    if job.status.is_terminal or (attempt is not None and attempt < job.attempt):
         return None
     now = utc_now()
     status = JobStatus.FINISHED if success else JobStatus.FAILED
@@ -282,7 +288,7 @@ def start(job: Job, worker: str | None = None, *, redelivery_ok: bool = False) -
         metadata["worker"] = worker
     changes: JobChanges = {"status": JobStatus.PROCESSING, "heartbeat_at": now,
                            "started_at": job.started_at or now, "metadata": metadata,
-                           "claim": "celery"}
+                           "claim": "celery", "attempt": job.attempt + 1}
     verb = "started"
     if awaited:
         verb = "redelivered"

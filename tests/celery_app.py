@@ -45,6 +45,13 @@ app.conf.update(
     task_default_queue="morag-test",
     worker_prefetch_multiplier=1,
 )
+if os.environ.get("MORAG_TEST_VISIBILITY_TIMEOUT"):
+    # A worker that takes over unacknowledged messages within seconds (the fenced-attempt
+    # test's second worker): kombu's Redis transport restores them after this long.
+    app.conf.broker_transport_options = {
+        "visibility_timeout": float(os.environ["MORAG_TEST_VISIBILITY_TIMEOUT"]),
+        "unacked_restore_interval": 1, "unacked_restore_throttle": 1,
+    }
 PACKS = Path(__file__).resolve().parent / "packs"  # "cooked 3 pies of 4": no built-in reads it
 runtime = install(
     app, stage_plans={AUDIO: AUDIO_PLAN}, interval=FLUSH_INTERVAL,

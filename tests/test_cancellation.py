@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from morag_jobs.errors import JobCancelled
+from morag_jobs.events import ProgressEvent
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.store import JobStatus, JobStore
 from morag_jobs.task import (
@@ -23,6 +24,7 @@ from morag_jobs.task import (
     report_progress,
     stage,
 )
+from morag_jobs.task.context import bind, unbind
 
 
 @pytest.fixture
@@ -103,3 +105,36 @@ def test_a_stage_boundary_stops_the_task_without_failing_the_job(
     ended = store.require_job(job.id)
     assert ended.status is JobStatus.CANCELLED, "a cancelled stage is not a failed job"
     assert ended.error is None
+
+
+def test_an_older_attempt_is_fenced_off_and_learns_it_at_its_next_report(
+    store: JobStore, runtime: Runtime
+) -> None:
+    """Two runs of one task (a redelivery while the first worker was only partitioned):
+    the older attempt's progress and completion are refused and counted, and it stops."""
+    job = store.create_job(name="redelivered")
+    context = runtime.begin(job.id, "t-1")
+    runtime.start(context, worker="w1@old", redelivery_ok=True)
+    assert context.attempt == 1
+    newer = ProgressHandler(store, interval=0)
+    second = newer.handle_job_start(job.id, worker="w2@new", redelivery_ok=True)
+    assert second is not None and second.attempt == 2
+    newer.apply(ProgressEvent(percent=30.0, attempt=2), job.id, immediate=True)
+    token = bind(context)
+    try:
+        report_progress(90.0, message="the old run goes on")
+        runtime.flush()
+        until(lambda: context.cancelled is not None)
+        assert context.cancelled == "superseded by attempt 2"
+        with pytest.raises(JobCancelled, match="superseded by attempt 2"):
+            report_progress(95.0)
+    finally:
+        unbind(token)
+    runtime.complete(context, True, "the old run finished")
+    now = store.require_job(job.id)
+    assert (now.status, now.percentage, now.attempt) == (JobStatus.PROCESSING, 30.0, 2), (
+        "neither the old run's progress nor its completion landed")
+    assert now.ignored_count >= 1, "refused reports are counted on the job"
+    assert newer.handle_job_completion(job.id, True, "done", attempt=2)
+    assert store.require_job(job.id).status is JobStatus.FINISHED
+    newer.close()

@@ -208,6 +208,7 @@ def test_a_task_sent_with_delay_shows_as_pending_from_the_moment_it_is_queued(
 def test_a_job_type_header_types_a_plainly_sent_task(
     worker: InProcessWorker, store: JobStore
 ) -> None:
+    register_stage_plan(AUDIO, AUDIO_PLAN)  # as install() did: other tests reset the registry
     sent = tasks.report_once.apply_async((30.0,), headers={JOB_TYPE_HEADER: AUDIO})
     assert store.require_job(sent.id).job_type == AUDIO
     assert store.require_job(sent.id).stages == AUDIO_PLAN

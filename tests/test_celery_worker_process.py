@@ -69,6 +69,20 @@ def crawl_once_redelivered(marker: str) -> int:
     return _crawl_once(marker)
 
 
+@tasks.app.task(name="morag_test.fenced", acks_late=True, reject_on_worker_lost=True)
+def fenced(marker: str) -> str:
+    """The first delivery reports slowly from 1%; a second delivery (the marker exists)
+    reports from 50% and ends first. Both report, so the older one has to be fenced."""
+    first = not Path(marker).exists()
+    if first:
+        Path(marker).write_text(str(os.getpid()))
+    run = "first" if first else "second"
+    for step in range(1 if first else 50, 60):
+        report_progress(float(step), message=f"{run} run: step {step}")
+        time.sleep(0.2 if first else 0.4)
+    return run
+
+
 @dataclass
 class WorkerProcess:
     process: subprocess.Popen[bytes]
@@ -91,6 +105,17 @@ class WorkerProcess:
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.process.pid, signal.SIGCONT)
+
+    @contextlib.contextmanager
+    def stopped(self) -> Iterator[None]:
+        """SIGSTOP the whole worker (main process and pool), SIGCONT after the block: a
+        worker cut off by a network partition, that comes back."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGCONT)
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
@@ -129,7 +154,8 @@ def start_worker(
 ) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def start(reap_timeout: float = 0, queue: str | None = None) -> WorkerProcess:
+    def start(reap_timeout: float = 0, queue: str | None = None,
+              **extra_env: str) -> WorkerProcess:
         queue = queue or f"morag-prefork-{uuid.uuid4().hex[:8]}"
         command = [
             sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker",
@@ -138,7 +164,7 @@ def start_worker(
             "--morag-heartbeat", str(HEARTBEAT), "--morag-reap-timeout", str(reap_timeout),
         ]
         env = {**os.environ, "MORAG_DATABASE_URL": job_db,
-               "MORAG_TEST_CELERY_BROKER_URL": tasks.BROKER_URL}
+               "MORAG_TEST_CELERY_BROKER_URL": tasks.BROKER_URL, **extra_env}
         log = tmp_path / f"{queue}.log"
         with log.open("wb") as output:
             process = subprocess.Popen(command, cwd=REPO, env=env, stdout=output,
@@ -337,3 +363,36 @@ def test_a_group_of_50_tasks_on_two_worker_processes_climbs_to_100(
     workers = {str(k.metadata.get("worker", "")).split("@")[0]
                for k in Family(store).children(parent.id, limit=None)}
     assert len(workers) == 2, f"both workers ran children: {workers}"
+
+
+def test_a_partitioned_worker_that_comes_back_is_fenced_off(
+    start_worker: Callable[..., WorkerProcess], store: JobStore, job_db: str, tmp_path: Path,
+) -> None:
+    """SIGSTOP a worker past the reap timeout; a second worker takes the redelivered task
+    (attempt 2); SIGCONT the first: its progress and completion are refused, counted, and
+    its task stops at its next report ("superseded by attempt 2")."""
+    old = start_worker()
+    marker = tmp_path / "pid"
+    with submitting_to(job_db):
+        job = submit(fenced, (str(marker),), queue=old.queue)
+    old.wait_for_job(store, job.id, lambda j: j.percentage >= 3.0, "the first run's progress")
+    with old.stopped():
+        waiting = reaped(store, job.id)
+        assert waiting.status is JobStatus.PENDING and waiting.attempt == 1, waiting
+        new = start_worker(queue=old.queue, MORAG_TEST_VISIBILITY_TIMEOUT="2")
+        new.wait_for_job(store, job.id, lambda j: j.attempt == 2 and j.percentage >= 50.0,
+                         "the second worker to take the task over", timeout=40)
+    done = new.wait_for_job(store, job.id, lambda j: j.status.is_terminal, "the job to end",
+                            timeout=40)
+    assert (done.status, done.attempt, done.percentage) == (JobStatus.FINISHED, 2, 100.0), (
+        f"{done}\n{old.tail()}")
+    rows = history(store, job.id)
+    takeover = max(i for i, e in enumerate(rows) if e.kind == "start")
+    late = [e.message for e in rows[takeover:] if (e.message or "").startswith("first run")]
+    assert not late, f"the old attempt wrote after the takeover: {late}"
+    assert done.ignored_count >= 1, "the old attempt's reports were refused and counted"
+    deadline = time.monotonic() + 20
+    while "superseded by attempt 2" not in old.tail() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "superseded by attempt 2" in old.tail(), old.tail()
+    assert AsyncResult(job.task_id, app=tasks.app).get(timeout=10) == "second"

@@ -77,7 +77,7 @@ class TestJobFields:
             last_event_clock="remote:w1", last_sequence=7, version=8, ignored_count=9,
             claim="remote", lease_seconds=300.0, lease_until=T0 + timedelta(seconds=10),
             parent_id="p1", weight=2.0, children=3, children_done=1, children_failed=1,
-            children_weight=3.0, progress_sum=150.0,
+            children_weight=3.0, progress_sum=150.0, attempt=2,
         )
         unset = {f.name for f in fields(Job) if getattr(job, f.name) == getattr(Job("x"), f.name)}
         assert not unset, f"give every field a value other than its default: {sorted(unset)}"

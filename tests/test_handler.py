@@ -938,7 +938,7 @@ def test_per_job_state_ends_with_the_job(handler: ProgressHandler, store: JobSto
     ended = handler._terminal
     assert len(ended) == 5_000, "ended jobs are remembered a while: late events cost no query"
     first = next(iter(ended))
-    ended[first] = 0.0  # as if its time had passed
+    ended[first] = (0.0, ended[first][1])  # as if its time had passed
     handler.apply(ProgressEvent(percent=1.0), "done-0")  # a late event on an ended job
     store.create_job(job_id="one-more")
     handler.handle_job_completion("one-more", True, "done")

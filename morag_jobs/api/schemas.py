@@ -258,6 +258,7 @@ class JobOut(BaseModel):
     children_failed: int = 0
     children_weight: float = 0.0
     progress_sum: float = 0.0
+    attempt: int = 0
 
     @classmethod
     def of(cls, job: Job) -> JobOut:

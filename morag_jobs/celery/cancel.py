@@ -60,6 +60,12 @@ def _revoked(task: Task, cancelled: JobCancelled) -> None:
     request = task.request
     if request is None or request.id is None or request.called_directly:
         return
+    if cancelled.reason.startswith("superseded"):
+        # A newer delivery of the same task runs elsewhere: its state in the backend is
+        # that run's to write, not this stale one's.
+        log.warning("task stopped: a newer attempt of its job runs elsewhere",
+                    task_id=request.id, job_id=cancelled.job_id, reason=cancelled.reason)
+        return
     try:
         task.backend.mark_as_revoked(request.id, str(cancelled), request=request)
     except Exception:  # the job table is the record; the backend is best effort

@@ -96,4 +96,4 @@ def _defaults(now: datetime) -> dict[str, Any]:
     return {"status": JobStatus.PENDING, "percentage": 0.0, "summary": "", "created_at": now,
             "updated_at": now, "version": 0, "ignored_count": 0, "children": 0,
             "children_done": 0, "children_failed": 0, "children_weight": 0.0,
-            "progress_sum": 0.0}
+            "progress_sum": 0.0, "attempt": 0}

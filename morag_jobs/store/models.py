@@ -162,6 +162,7 @@ class JobRow(Base):
     children_failed: Mapped[int] = mapped_column(Integer, server_default="0")
     children_weight: Mapped[float] = mapped_column(Real, server_default="0")
     progress_sum: Mapped[float] = mapped_column(Real, server_default="0")
+    attempt: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 class JobEventRow(Base):

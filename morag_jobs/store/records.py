@@ -108,6 +108,8 @@ class Job:
     progress_sum: float = 0.0
     """Sum over the children of weight x percentage: the parent's percentage is
     ``progress_sum / children_weight``."""
+    attempt: int = 0
+    """How many times a worker started the job's task: each start is a fenced attempt."""
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Job:

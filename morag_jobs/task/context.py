@@ -68,8 +68,8 @@ class JobRuntime(Protocol):
 class JobContext:
     """The job a running task reports to, and the latest state it reported."""
 
-    __slots__ = ("cancelled", "dirty", "event", "has_plan", "job_id", "known", "log_stream",
-                 "runtime", "stages", "state", "task_id", "token")
+    __slots__ = ("attempt", "cancelled", "dirty", "event", "has_plan", "job_id", "known",
+                 "log_stream", "runtime", "stages", "state", "task_id", "token")
 
     def __init__(self, job_id: str, task_id: str | None, runtime: JobRuntime) -> None:
         self.job_id = job_id
@@ -90,6 +90,9 @@ class JobContext:
         # Why the task must stop (its job was cancelled or ended elsewhere), set by the
         # runtime's flusher from the rows it writes; the next report raises JobCancelled.
         self.cancelled: str | None = None
+        # The attempt this run of the task is (set when the worker starts it): its events
+        # carry it, and the job refuses them once a newer attempt took over.
+        self.attempt: int | None = None
 
     def take(self) -> ProgressEvent | None:
         """The state reported since the last take, as an event (None when nothing new)."""
@@ -98,10 +101,12 @@ class JobContext:
         self.dirty = False
         self.known = True
         if self.event is not None:
-            return self.event
+            return self.event if self.attempt is None else replace(self.event,
+                                                                   attempt=self.attempt)
         percent, current, total, message, stage_name = self.state
         return ProgressEvent(percent=percent, current=current, total=total, message=message,
-                             stage=stage_name, task_id=self.task_id, source="callback")
+                             stage=stage_name, task_id=self.task_id, source="callback",
+                             attempt=self.attempt)
 
     def report_event(self, event: ProgressEvent) -> None:
         """Fold a parsed event (log tap, subprocess output) into the latest state."""

@@ -29,7 +29,7 @@ from morag_jobs.handler import ProgressHandler
 from morag_jobs.logs import get_logger
 from morag_jobs.parser import ProgressEventParser
 from morag_jobs.reaper import DEFAULT_TIMEOUT
-from morag_jobs.store import JobStatus, JobStore
+from morag_jobs.store import JobStore
 from morag_jobs.task.context import JobContext, bind, unbind
 
 __all__ = ["Runtime", "RuntimeConfig", "default_runtime", "job_context", "set_default_runtime"]
@@ -137,8 +137,11 @@ class Runtime:
 
     def start(self, context: JobContext, *, worker: str | None, redelivery_ok: bool) -> None:
         """PROCESSING now, when the job row exists (a task sent by ``submit``)."""
-        context.known = self.handler.handle_job_start(
+        started = self.handler.handle_job_start(
             context.job_id, worker=worker, redelivery_ok=redelivery_ok)
+        context.known = started is not None
+        if started is not None:
+            context.attempt = started.attempt
 
     def end(self, context: JobContext) -> None:
         """Hand the job's last reported state to the handler and stop tracking it.
@@ -161,7 +164,8 @@ class Runtime:
         """
         self.end(context)
         if context.known:
-            self.handler.handle_job_completion(context.job_id, success, message, result=result)
+            self.handler.handle_job_completion(context.job_id, success, message, result=result,
+                                               attempt=context.attempt)
 
     def fail(self, context: JobContext, message: str) -> None:
         """A stage failed inside a running task: the job is FAILED now."""
@@ -223,10 +227,7 @@ class Runtime:
         next report raises ``JobCancelled``. Known from this process's own writes."""
         if context.cancelled is not None or not context.known:
             return
-        status = self.handler.ended_as(context.job_id)
-        if status is not None:
-            context.cancelled = ("was cancelled" if status is JobStatus.CANCELLED
-                                 else f"ended {status.value} elsewhere")
+        context.cancelled = self.handler.stop_reason(context.job_id, context.attempt)
 
     def _run(self) -> None:
         try:
