@@ -154,9 +154,12 @@ class ProgressEvent:
         return clock[:64]
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: the timestamp as ISO 8601, everything else as is."""
+        """A JSON-ready dict: the timestamp as ISO 8601, everything else as is (``attempt``
+        only when known: it is a worker's, never a log line's)."""
         data = asdict(self)
         data["timestamp"] = self.timestamp.isoformat()
+        if data["attempt"] is None:
+            del data["attempt"]
         return data
 
 
