@@ -14,7 +14,7 @@ from contextlib import ExitStack
 
 import pytest
 import redis
-from celery import Celery, Task, chain, group
+from celery import Celery, Task, chain, chord, group
 from celery.contrib.testing.worker import start_worker
 from celery.result import AsyncResult
 from celery_progress.backend import Progress
@@ -533,6 +533,19 @@ def test_a_failed_chain_member_fails_the_parent_with_its_error(
     statuses = [k.status for k in Family(store).children(parent.id)]
     assert statuses[:2] == [JobStatus.FINISHED, JobStatus.FAILED]
     assert statuses[2] is JobStatus.PENDING, "the chain stopped: its last task never ran"
+
+
+def test_a_chord_whose_header_fails_fails_its_parent_at_once(
+    worker: InProcessWorker, store: JobStore
+) -> None:
+    parent = submit(chord([tasks.report_once.si(10.0), tasks.fail_after.si(30.0)],
+                          tasks.report_once.si(99.0)))
+    assert parent.children == 3, "two header tasks and the body"
+    done = wait_for_job(store, parent.id, finished, "the chord's parent to end", timeout=20)
+    assert done.status is JobStatus.FAILED
+    assert done.error == f"{tasks.fail_after.name} FAILED: ValueError: corrupt input file"
+    body = Family(store).children(parent.id)[-1]
+    assert body.status is JobStatus.PENDING, "the body never runs after a header failure"
 
 
 # -- a worker at its default log level ------------------------------------------------------
