@@ -5,7 +5,8 @@ one) with Playwright against the real server (uvicorn in a thread): progress rep
 through ``PUT /api/v1/remote-jobs/{id}/progress`` moves the job's bar without a reload,
 the job count follows jobs arriving live, the list loads a page at a time, and the
 job's detail view shows its history as a chart and as a timeline grouped by stage.
-The phone layout (cards at 390 px) is tested in ``test_dashboard_mobile.py``.
+The phone layout (cards at 390 px) is tested in ``test_dashboard_mobile.py``; cancelling
+a job and parent jobs shown as a tree in ``test_dashboard_control.py``.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ SCREENSHOT = Path("/tmp/dashboard.png")
 WAIT_MS = 10_000
 
 
-def dashboard_app(store: JobStore) -> FastAPI:
+def dashboard_app(store: JobStore, stream_poll_interval: float = 0.1) -> FastAPI:
     """The API with the dashboard; fast stream polling so the test does not wait."""
-    app = create_app(store=store, stream_poll_interval=0.1,
+    app = create_app(store=store, stream_poll_interval=stream_poll_interval,
                      write_interval=0.05, heartbeat_interval=2.0)
     if not any(getattr(route, "path", None) == "/" for route in app.routes):
         app.include_router(dashboard.router)  # until create_app includes it itself
@@ -100,10 +101,17 @@ def chromium_or_skip() -> None:
 @pytest.fixture
 def server(store: JobStore) -> Iterator[str]:
     """The app served by uvicorn on a free loopback port; yields its base URL."""
+    with serving(dashboard_app(store)) as url:
+        yield url
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """``app`` served by uvicorn in a thread on a free loopback port: its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(dashboard_app(store), log_level="warning", ws="none",
+    config = uvicorn.Config(app, log_level="warning", ws="none",
                             lifespan="on", timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -112,10 +120,12 @@ def server(store: JobStore) -> Iterator[str]:
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
 
 
 def report(client: httpx.Client, job_id: str, percentage: float, message: str,
@@ -135,8 +145,10 @@ def admin_client(store: JobStore, server: str) -> tuple[str, httpx.Client]:
 
 
 @contextmanager
-def signed_in(server: str, key: str, width: int = 1280, height: int = 720) -> Iterator[Any]:
-    """A Chromium page on the dashboard, signed in with ``key`` and live; no page errors."""
+def signed_in(server: str, key: str, width: int = 1280, height: int = 720,
+              expected_errors: tuple[str, ...] = ()) -> Iterator[Any]:
+    """A Chromium page on the dashboard, signed in with ``key`` and live; no page errors
+    (but console errors containing one of ``expected_errors``: a refusal the test causes)."""
     chromium_or_skip()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
@@ -145,7 +157,8 @@ def signed_in(server: str, key: str, width: int = 1280, height: int = 720) -> It
             page = browser.new_page(viewport={"width": width, "height": height})
             problems: list[str] = []
             page.on("pageerror", lambda error: problems.append(str(error)))
-            page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+            page.on("console", lambda m: m.type == "error" and not any(
+                expected in m.text for expected in expected_errors) and problems.append(m.text))
             page.goto(server + "/")
             page.fill("#api-key", key)
             page.click("[data-testid=save-key]")

@@ -50,6 +50,7 @@ class Family:
             {**_defaults(now + timedelta(microseconds=index)),
              **{k: v for k, v in child.items() if k not in _OWN},
              "id": child.get("job_id") or uuid.uuid4().hex, "parent_id": head.id,
+             "user_id": child.get("user_id", head.user_id),  # the parent's owner reads them
              "weight": weight, "metadata": dict(child.get("metadata") or {})}
             for index, (child, weight) in enumerate(zip(children, weights, strict=True))
         ]

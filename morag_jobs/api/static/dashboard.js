@@ -1,4 +1,5 @@
-// morag-jobs dashboard: the job list with live progress (SSE) and a job's history.
+// morag-jobs dashboard: the job list with live progress (SSE), parent jobs as a tree,
+// cancelling a job, and a job's history.
 // Vanilla JS, no build step. Every text from the server goes in through textContent.
 "use strict";
 
@@ -12,6 +13,7 @@ const SERVER_ETA_REFRESH_MS = 30e3;  // running jobs' server ETAs are asked for 
 const PAGE = 100;          // jobs per "Load more"
 const OVERLAP = 5;         // rows re-read at a page boundary: a job deleted meanwhile cannot make paging skip one
 const RECOUNT_MS = 1000;   // at most one recount of the total per this long
+const KIDS_PAGE = 20;      // a parent's children per "Show more children"
 
 const state = {
   key: localStorage.getItem(KEY_STORAGE) || "",
@@ -19,7 +21,13 @@ const state = {
   samples: new Map(),   // id -> [{t, p}] progress history for the ETA (server times, ms)
   received: new Map(),  // id -> Date.now() when its latest sample arrived
   serverEta: new Map(), // id -> {seconds, at}: the server's eta_seconds and Date.now() when it came
-  rows: new Map(),      // id -> <tr>, for the jobs listed now
+  rows: new Map(),      // id -> <tr>, for the jobs listed now at the top level
+  listed: new Set(),    // ids of the jobs the list has loaded (children under a parent too)
+  families: new Map(),  // parent id -> {ids, total, loading, error}: its children loaded so far
+  expanded: new Set(),  // parents whose children the list shows
+  childRows: new Map(), // child id -> <tr>, under its expanded parent
+  moreRows: new Map(),  // parent id -> <tr> "Show more children" / "Loading children…"
+  kidItems: new Map(),  // child id -> <li>, in the open parent's details
   view: newView(""),    // the list: its filter, total and how far down it is loaded
   recountTimer: null,
   source: null,
@@ -156,20 +164,30 @@ function etaText(job) {
 
 // -- talking to the API --------------------------------------------------------------
 
-class Unauthorized extends Error {}
+// An answer other than 2xx: the server's `detail` as the message, and the HTTP status.
+class HttpError extends Error {
+  constructor(message, status) { super(message); this.status = status; }
+}
+class Unauthorized extends HttpError {}  // 401 or 403: this key may not
 
-async function api(path) {
+// The server's `detail`: a sentence, or (422) a list of problems.
+function detailText(body) {
+  const detail = body && body.detail;
+  if (Array.isArray(detail)) return detail.map((d) => (d && d.msg) || String(d)).join("; ");
+  return typeof detail === "string" ? detail : "";
+}
+
+async function api(path, method = "GET") {
   const response = await fetch(`${API}/${path}`, {
+    method,
     headers: { Authorization: `Bearer ${state.key}`, Accept: "application/json" },
     cache: "no-store",
   });
-  if (response.status === 401 || response.status === 403) {
-    const body = await response.json().catch(() => ({}));
-    throw new Unauthorized(body.detail || `the server answered ${response.status}`);
-  }
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
-    throw new Error(body.detail || `${path}: HTTP ${response.status}`);
+    const Failure = response.status === 401 || response.status === 403 ? Unauthorized : HttpError;
+    throw new Failure(detailText(body) || `${path}: the server answered ${response.status}`,
+                      response.status);
   }
   return response.json();
 }
@@ -265,7 +283,7 @@ async function loadJobs() {
   const mark = view.adjusted;
   const page = await api(jobsQuery(0));
   if (view !== state.view) return;
-  const before = new Set(state.rows.keys());
+  const before = new Set(state.listed);
   const fetched = items(page);
   for (const job of fetched) accept(job);
   const last = fetched[fetched.length - 1];
@@ -289,7 +307,7 @@ async function loadMore() {
   renderMore();
   const mark = view.adjusted;
   try {
-    const offset = Math.max(0, state.rows.size - OVERLAP);
+    const offset = Math.max(0, state.listed.size - OVERLAP);
     const page = await api(jobsQuery(offset));
     if (view !== state.view) return;
     const fetched = items(page);
@@ -324,7 +342,7 @@ function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
 
 function renderSummary() {
   const view = state.view;
-  const shown = state.rows.size;
+  const shown = state.listed.size;
   if (!view.loaded) {
     $("summary").textContent = "loading…";
   } else {
@@ -338,7 +356,7 @@ function renderSummary() {
 
 function renderMore() {
   const view = state.view;
-  const left = Math.max(0, (view.total ?? 0) - state.rows.size);
+  const left = Math.max(0, (view.total ?? 0) - state.listed.size);
   const more = view.loaded && !view.done && left > 0;
   const button = $("load-more");
   button.hidden = !more;
@@ -364,31 +382,63 @@ function setProgress(container, job) {
   container.setAttribute("aria-valuemax", "100");
 }
 
-function makeRow(job) {
-  const row = el("tr", { class: "job", tabindex: "0", "data-testid": "job-row", "data-job-id": job.id },
+function jobLink(job) { return `#/jobs/${encodeURIComponent(job.id)}`; }
+
+// A job's row: at the top level (`job-row`) or under its expanded parent (`child-row`).
+function makeRow(job, child = false) {
+  const row = el("tr", { class: child ? "job child" : "job", tabindex: "0",
+                         "data-testid": child ? "child-row" : "job-row", "data-job-id": job.id,
+                         "data-parent-id": child ? job.parent_id : null },
     el("td", { class: "cell-job" },
-      el("a", { class: "name", href: `#/jobs/${encodeURIComponent(job.id)}`, "data-testid": "job-name" }),
-      el("span", { class: "sub" })),
+      el("a", { class: "name", href: jobLink(job), "data-testid": "job-name" }),
+      el("span", { class: "sub" }),
+      kidsToggle(job)),
     el("td", { class: "cell-status" }, el("span", { class: "status", "data-testid": "job-status" })),
     el("td", { class: "cell-progress" }, progressBar("job-bar")),
     el("td", { class: "stage", "data-testid": "job-stage", "data-label": "Stage" }),
     el("td", { class: "message", "data-testid": "job-message" }),
     el("td", { class: "eta", "data-testid": "job-eta", "data-label": "ETA" }),
-    el("td", { class: "updated", "data-testid": "job-updated", "data-label": "Updated" }));
+    el("td", { class: "updated", "data-testid": "job-updated", "data-label": "Updated" }),
+    el("td", { class: "actions" }, cancelControl(job.id, "row")));
   row.addEventListener("click", (event) => {
-    if (event.target.closest("a")) return;
-    location.hash = `#/jobs/${encodeURIComponent(job.id)}`;
+    if (event.target.closest("a, button, .cancel")) return;
+    location.hash = jobLink(job);
   });
   row.addEventListener("keydown", (event) => {
-    if (event.key === "Enter") location.hash = `#/jobs/${encodeURIComponent(job.id)}`;
+    if (event.key === "Enter" && event.target === row) location.hash = jobLink(job);
   });
   return row;
+}
+
+// "k of n children ended" under a parent's name; a button that shows or hides them.
+function kidsToggle(job) {
+  const button = el("button", { type: "button", class: "kids-toggle", "aria-expanded": "false",
+                                "data-testid": "job-children" });
+  button.hidden = true;
+  button.addEventListener("click", () => toggleFamily(job.id));
+  return button;
+}
+
+function kids(n) { return `${n} ${n === 1 ? "child" : "children"}`; }
+
+function childrenText(job) {
+  const failed = job.children_failed ? `, ${job.children_failed} failed` : "";
+  return `${job.children_done} of ${kids(job.children)} ended${failed}`;
 }
 
 function fillRow(row, job) {
   row.dataset.status = job.status;
   row.querySelector(".name").textContent = job.name || job.id;
   row.querySelector(".sub").textContent = [job.job_type, job.id.slice(0, 12)].filter(Boolean).join(" · ");
+  const toggle = row.querySelector(".kids-toggle");
+  const parent = job.children > 0 && !row.classList.contains("child");
+  toggle.hidden = !parent;
+  if (parent) {
+    const open = state.expanded.has(job.id);
+    toggle.textContent = childrenText(job);
+    toggle.setAttribute("aria-expanded", String(open));
+    toggle.setAttribute("aria-label", `${childrenText(job)}: ${open ? "hide" : "show"} the children of ${job.name || job.id}`);
+  }
   const status = row.querySelector(".status");
   status.textContent = job.status;
   status.dataset.status = job.status;
@@ -399,26 +449,132 @@ function fillRow(row, job) {
   message.title = message.textContent;
   row.querySelector(".eta").textContent = etaText(job);
   row.querySelector(".updated").textContent = ago(job.updated_at);
+  syncCancel(row.querySelector(".cancel"), job);
+}
+
+// Shown under its parent rather than at the top level: the parent is listed too.
+function underParent(job) {
+  return Boolean(job.parent_id) && state.listed.has(job.parent_id);
 }
 
 function renderList() {
   const body = $("job-rows");
   const jobs = [...state.jobs.values()].filter(listed).sort(order);
-  const keep = new Set(jobs.map((job) => job.id));
-  for (const [id, row] of state.rows) {
-    if (!keep.has(id)) { row.remove(); state.rows.delete(id); }
+  state.listed = new Set(jobs.map((job) => job.id));
+  const nodes = [];
+  const keep = { rows: new Set(), childRows: new Set(), moreRows: new Set() };
+  const node = (map, id, make) => {
+    let row = state[map].get(id);
+    if (!row) { row = make(); state[map].set(id, row); }
+    keep[map].add(id);
+    nodes.push(row);
+    return row;
+  };
+  for (const job of jobs) {
+    if (underParent(job)) continue;
+    fillRow(node("rows", job.id, () => makeRow(job)), job);
+    if (!(job.children > 0 && state.expanded.has(job.id))) continue;
+    const family = state.families.get(job.id);
+    for (const id of family ? family.ids : []) {
+      const kid = state.jobs.get(id);
+      fillRow(node("childRows", id, () => makeRow(kid, true)), kid);
+    }
+    if (!family || family.loading || family.error || family.ids.length < family.total) {
+      fillMoreRow(node("moreRows", job.id, () => makeMoreRow(job.id)), job.id);
+    }
+  }
+  for (const map of Object.keys(keep)) {
+    for (const [id, row] of state[map]) {
+      if (!keep[map].has(id)) { row.remove(); state[map].delete(id); }
+    }
   }
   let previous = null;
-  for (const job of jobs) {
-    let row = state.rows.get(job.id);
-    if (!row) { row = makeRow(job); state.rows.set(job.id, row); }
-    fillRow(row, job);
+  for (const row of nodes) {
     const expected = previous ? previous.nextSibling : body.firstChild;
     if (expected !== row) body.insertBefore(row, expected);
     previous = row;
   }
   $("empty").hidden = jobs.length > 0 || !state.view.loaded;
   renderSummary();
+}
+
+// -- parent jobs: their children, a page at a time -----------------------------------
+
+function makeMoreRow(parentId) {
+  const button = el("button", { type: "button", class: "kids-more", "data-testid": "kids-more" });
+  button.addEventListener("click", () => loadFamily(parentId));
+  return el("tr", { class: "kids-more-row", "data-testid": "kids-more-row", "data-parent-id": parentId },
+    el("td", { colspan: "8" }, el("span", { class: "kids-info muted", role: "status" }), button));
+}
+
+function fillMoreRow(row, parentId) {
+  describeFamily(state.families.get(parentId), row.querySelector(".kids-info"),
+                 row.querySelector(".kids-more"));
+}
+
+// "Loading children…", the error, or how many are not shown yet and a button for them.
+function describeFamily(family, info, button) {
+  const left = family && family.total !== null ? Math.max(0, family.total - family.ids.length) : 0;
+  if (!family || family.loading) {
+    info.textContent = family && family.ids.length ? "" : "Loading children…";
+    button.textContent = "Loading…";
+    button.disabled = true;
+    button.hidden = !(family && family.ids.length);
+    return;
+  }
+  button.disabled = false;
+  if (family.error) {
+    info.textContent = `The children could not be loaded: ${family.error}`;
+    button.textContent = "Try again";
+    button.hidden = false;
+  } else {
+    info.textContent = left ? `${left} more ${left === 1 ? "child" : "children"} not shown` : "";
+    button.textContent = `Show ${Math.min(KIDS_PAGE, left)} more`;
+    button.hidden = left === 0;
+  }
+}
+
+function toggleFamily(parentId) {
+  if (state.expanded.has(parentId)) state.expanded.delete(parentId);
+  else {
+    state.expanded.add(parentId);
+    if (!state.families.has(parentId)) loadFamily(parentId);
+  }
+  renderList();
+}
+
+// The next page of a parent's children (GET /jobs/{id}/children), in the canvas's order.
+async function loadFamily(parentId) {
+  let family = state.families.get(parentId);
+  if (!family) {
+    family = { ids: [], total: null, loading: false, error: "" };
+    state.families.set(parentId, family);
+  }
+  if (family.loading) return;
+  family.loading = true;
+  family.error = "";
+  renderFamily(parentId);
+  try {
+    const query = `limit=${KIDS_PAGE}&offset=${family.ids.length}`;
+    const page = await api(`jobs/${encodeURIComponent(parentId)}/children?${query}`);
+    if (state.families.get(parentId) !== family) return;  // another key since
+    for (const kid of items(page)) {
+      accept(kid);
+      if (!family.ids.includes(kid.id)) family.ids.push(kid.id);
+    }
+    family.total = Math.max(page.total, family.ids.length);
+  } catch (error) {
+    if (error instanceof Unauthorized && error.status === 401) failed(error);
+    family.error = error.message || String(error);
+  } finally {
+    family.loading = false;
+    renderFamily(parentId);
+  }
+}
+
+function renderFamily(parentId) {
+  if (state.expanded.has(parentId)) renderList();
+  if (state.detailId === parentId) renderDetailKids();
 }
 
 // A job from the stream: new, changed, or one the list has not loaded (further down).
@@ -441,12 +597,141 @@ function updateJob(job) {
     recountSoon();  // the first page is on its way: its count may predate this job
   }
   const row = state.rows.get(job.id);
-  if (row && isListed) fillRow(row, job);
-  else if (wasListed || isListed) renderList();
+  const under = isListed && underParent(job);
+  if (row && isListed && !under) fillRow(row, job);
+  else if (wasListed !== isListed || (isListed && !under) || row) renderList();
+  const childRow = state.childRows.get(job.id);
+  if (childRow) fillRow(childRow, job);
   renderSummary();
   if (job.id === state.detailId) {
     renderDetail(job);
     loadTimeline();
+  }
+  const item = state.kidItems.get(job.id);
+  if (item && job.parent_id === state.detailId) fillKidItem(item, job);
+}
+
+// -- cancelling a job ----------------------------------------------------------------
+
+// "Cancel", then an in-page confirmation ("Yes, cancel" / "No"), then POST .../cancel. The
+// note (the server's answer when it refuses) stays when the button goes, the job ended.
+let controls = 0;
+function cancelControl(jobId, where) {
+  const detail = where === "detail";
+  const promptId = `cancel-prompt-${++controls}`;
+  const start = el("button", { type: "button", class: "cancel-start",
+                               "data-testid": detail ? "cancel-job" : "row-cancel" },
+                   detail ? "Cancel job" : "Cancel");
+  const prompt = el("span", { class: "cancel-prompt", id: promptId });
+  const yes = el("button", { type: "button", class: "cancel-yes", "data-testid": "cancel-confirm" },
+                 "Yes, cancel");
+  const no = el("button", { type: "button", class: "cancel-no", "data-testid": "cancel-keep" },
+                detail ? "No, keep it" : "No");
+  const confirm = el("span", { class: "cancel-confirm", role: "group", "aria-labelledby": promptId,
+                               "data-testid": "cancel-confirmation" }, prompt, yes, no);
+  const note = el("span", { class: "cancel-note", role: "alert", "data-testid": "cancel-message" });
+  const control = el("div", { class: `cancel cancel-${where}`, "data-job-id": jobId }, start, confirm, note);
+  confirm.hidden = true;
+  note.hidden = true;
+  control.dataset.step = "idle";  // idle | confirming | sending
+
+  start.addEventListener("click", () => {
+    setNote(control, "");
+    control.dataset.step = "confirming";
+    syncCancel(control, state.jobs.get(control.dataset.jobId));
+    yes.focus();
+  });
+  const dismiss = () => {
+    control.dataset.step = "idle";
+    syncCancel(control, state.jobs.get(control.dataset.jobId));
+    start.focus();
+  };
+  no.addEventListener("click", dismiss);
+  confirm.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") { event.stopPropagation(); dismiss(); }
+  });
+  yes.addEventListener("click", () => cancelJob(control));
+  return control;
+}
+
+function setNote(control, text, error = false) {
+  const note = control.querySelector(".cancel-note");
+  note.textContent = text;
+  note.classList.toggle("error", error);
+  note.hidden = !text;
+  syncShown(control);
+}
+
+function syncShown(control) {
+  const shown = [...control.children].some((child) => !child.hidden);
+  control.dataset.shown = shown ? "1" : "0";
+}
+
+// The control as the job now is: nothing to cancel once it has ended.
+function syncCancel(control, job) {
+  if (!control || !job) return;
+  control.dataset.jobId = job.id;
+  const name = job.name || job.id;
+  const open = !TERMINAL.has(job.status);
+  const step = control.dataset.step;
+  if (!open && step === "confirming") {
+    setNote(control, `It ended meanwhile (${job.status}); there is nothing to cancel.`);
+  }
+  if (!open && step !== "sending") control.dataset.step = "idle";
+  const now = control.dataset.step;
+  const start = control.querySelector(".cancel-start");
+  const focused = control.contains(document.activeElement);
+  start.hidden = !open || now !== "idle";
+  start.setAttribute("aria-label", `Cancel job ${name}`);
+  control.querySelector(".cancel-confirm").hidden = now === "idle";
+  control.querySelector(".cancel-prompt").textContent = control.classList.contains("cancel-detail")
+    ? (job.children > 0 ? "Cancel this job and its children still running? Their tasks stop at their next progress report."
+                        : "Cancel this job? A task still running it stops at its next progress report.")
+    : "Cancel this job?";
+  const yes = control.querySelector(".cancel-yes");
+  yes.disabled = now === "sending";
+  yes.textContent = now === "sending" ? "Cancelling…" : "Yes, cancel";
+  yes.setAttribute("aria-label", now === "sending" ? `Cancelling ${name}` : `Yes, cancel ${name}`);
+  control.querySelector(".cancel-no").disabled = now === "sending";
+  syncShown(control);
+  if (focused && !open && now === "idle") keepFocus(control);  // it ended: its buttons went
+}
+
+async function cancelJob(control) {
+  const id = control.dataset.jobId;
+  const hadFocus = control.contains(document.activeElement);
+  control.dataset.step = "sending";
+  syncCancel(control, state.jobs.get(id));
+  try {
+    const job = await api(`jobs/${encodeURIComponent(id)}/cancel`, "POST");
+    control.dataset.step = "idle";
+    setNote(control, control.closest("tr") ? "" : "Cancelled.");  // a row says so in its status
+    updateJob(job);  // CANCELLED now; the stream says so too
+  } catch (error) {
+    control.dataset.step = "idle";
+    if (error instanceof Unauthorized && error.status === 401) { failed(error); return; }
+    setNote(control, error.message || String(error), true);
+    syncCancel(control, state.jobs.get(id));
+    if (error instanceof HttpError) refreshJob(id);  // 409: it ended; show how
+  }
+  if (hadFocus) keepFocus(control);
+}
+
+// The focus was on "Yes, cancel", which went: Cancel again if shown, else the row.
+function keepFocus(control) {
+  const active = document.activeElement;
+  if (active && active !== document.body && !control.contains(active)) return;
+  const start = control.querySelector(".cancel-start");
+  if (!start.hidden) start.focus();
+  else if (control.closest("tr")) control.closest("tr").focus();
+}
+
+// The job as the server has it now (after a refused cancel): the stream may lag.
+async function refreshJob(id) {
+  try {
+    updateJob(await api(`jobs/${encodeURIComponent(id)}`));
+  } catch (error) {
+    if (error instanceof Unauthorized && error.status === 401) failed(error);
   }
 }
 
@@ -504,9 +789,18 @@ function field(list, name, value) {
 function renderDetail(job) {
   $("detail-title").textContent = job.name || job.id;
   setProgress($("detail").querySelector(".progress"), job);
+  syncCancel($("detail-actions").querySelector(".cancel"), job);
   const list = $("detail-fields");
   list.replaceChildren();
   field(list, "status", job.status);
+  if (job.children > 0) field(list, "children", childrenText(job));
+  if (job.parent_id) {
+    const parent = state.jobs.get(job.parent_id);
+    const dd = el("dd", { "data-field": "parent" },
+      el("a", { href: jobLink({ id: job.parent_id }), "data-testid": "detail-parent" },
+         parent ? parent.name || parent.id : job.parent_id));
+    list.append(el("dt", {}, "parent"), dd);
+  }
   field(list, "stage", job.stage ? `${job.stage}${job.stage_percent != null ? ` (${percentText(job.stage_percent)} of stage)` : ""}` : null);
   field(list, "message", job.summary || null);
   if (job.error) field(list, "error", job.error);
@@ -520,6 +814,52 @@ function renderDetail(job) {
   field(list, "started", clock(job.started_at));
   field(list, "updated", clock(job.updated_at));
   if (job.finished_at) field(list, "finished", clock(job.finished_at));
+  renderDetailKids();
+}
+
+// The open parent's children, each with its bar, a page at a time.
+function renderDetailKids() {
+  const job = state.jobs.get(state.detailId);
+  const section = $("detail-kids");
+  section.hidden = !(job && job.children > 0);
+  if (section.hidden) return;
+  const family = state.families.get(job.id);
+  if (!family) { loadFamily(job.id); return; }
+  $("kids-summary").textContent = childrenText(job);
+  const list = $("kid-list");
+  const keep = new Set(family.ids);
+  for (const [id, item] of state.kidItems) {
+    if (!keep.has(id)) { item.remove(); state.kidItems.delete(id); }
+  }
+  let previous = null;
+  for (const id of family.ids) {
+    let item = state.kidItems.get(id);
+    if (!item) { item = makeKidItem(id); state.kidItems.set(id, item); }
+    fillKidItem(item, state.jobs.get(id));
+    const expected = previous ? previous.nextSibling : list.firstChild;
+    if (expected !== item) list.insertBefore(item, expected);
+    previous = item;
+  }
+  describeFamily(family, $("kids-info"), $("kids-more"));
+}
+
+function makeKidItem(id) {
+  return el("li", { class: "kid", "data-testid": "detail-child", "data-job-id": id },
+    el("a", { class: "name", href: jobLink({ id }), "data-testid": "job-name" }),
+    el("span", { class: "status", "data-testid": "job-status" }),
+    progressBar("kid-bar"),
+    el("span", { class: "kid-message muted", "data-testid": "job-message" }));
+}
+
+function fillKidItem(item, job) {
+  item.dataset.status = job.status;
+  item.querySelector(".name").textContent = job.name || job.id;
+  const status = item.querySelector(".status");
+  status.textContent = job.status;
+  status.dataset.status = job.status;
+  setProgress(item.querySelector(".progress"), job);
+  const message = job.error && job.status === "FAILED" ? job.error : job.summary || job.stage || "";
+  item.querySelector(".kid-message").textContent = message;
 }
 
 function timelineItem(event) {
@@ -752,6 +1092,16 @@ async function openDetail(id) {
   state.timelineAfter = null;
   state.history = [];
   $("timeline").replaceChildren();
+  if ($("detail").dataset.jobId !== id) {
+    $("kid-list").replaceChildren();
+    state.kidItems.clear();
+    $("detail-kids").hidden = true;
+    const control = $("detail-actions").querySelector(".cancel");
+    control.dataset.step = "idle";
+    setNote(control, "");
+    control.querySelector(".cancel-start").hidden = true;  // until the job is known
+    control.querySelector(".cancel-confirm").hidden = true;
+  }
   renderChart();
   $("list").hidden = true;
   $("detail").hidden = false;
@@ -787,8 +1137,15 @@ function route() {
 function start() {
   $("forget-key").hidden = false;
   // Another key may read other jobs: nothing of the last one's list is kept.
-  for (const row of state.rows.values()) row.remove();
-  state.rows.clear();
+  for (const rows of [state.rows, state.childRows, state.moreRows]) {
+    for (const row of rows.values()) row.remove();
+    rows.clear();
+  }
+  state.listed.clear();
+  state.families.clear();
+  state.expanded.clear();
+  $("kid-list").replaceChildren();
+  state.kidItems.clear();
   state.jobs.clear();
   state.samples.clear();
   state.received.clear();
@@ -799,7 +1156,7 @@ function start() {
 }
 
 function tick() {
-  for (const [id, row] of state.rows) {
+  for (const [id, row] of [...state.rows, ...state.childRows]) {
     const job = state.jobs.get(id);
     row.querySelector(".eta").textContent = etaText(job);
     row.querySelector(".updated").textContent = ago(job.updated_at);
@@ -815,6 +1172,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("forget-key").addEventListener("click", () => askForKey(""));
   $("status-filter").addEventListener("change", changeFilter);
   $("load-more").addEventListener("click", () => loadMore().catch(failed));
+  $("detail-actions").append(cancelControl("", "detail"));
+  $("kids-more").addEventListener("click", () => { if (state.detailId) loadFamily(state.detailId); });
   window.addEventListener("resize", renderDetailChartSoon);
   window.addEventListener("hashchange", route);
   setInterval(tick, 1000);
