@@ -31,6 +31,8 @@ def test_keys_create_prints_the_key_alone_on_the_last_line(database_url: str) ->
     lines = result.stdout.splitlines()
     key = lines[-1]
     assert key.startswith("mjk_") and " " not in key, f"the last line is the key: {lines}"
+    assert lines == [key], "alone on stdout: KEY=$(morag-jobs keys create ...) just works"
+    assert "store it now" in result.stderr
     with JobStore(database_url) as store:
         _check_listed_and_revoked(store, database_url, key)
 

@@ -70,9 +70,9 @@ def create(
         record, key = keys.create(scope, subject, label)
     who = f" for {scope} {subject!r}" if subject else ""
     typer.echo(f"created {scope} key {record.id}{who}"
-               + (f" ({label})" if label else ""))
-    typer.echo("store it now: it is shown only this once")
-    typer.echo(key)
+               + (f" ({label})" if label else ""), err=True)
+    typer.echo("store it now: it is shown only this once", err=True)
+    typer.echo(key)  # alone on stdout: KEY=$(morag-jobs keys create --admin)
 
 
 @app.command("revoke")

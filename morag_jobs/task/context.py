@@ -158,10 +158,12 @@ def report_progress(
         if not 0.0 <= percent < math.inf:  # also refuses NaN
             raise InvalidProgress(percent, "a percentage must be finite and not negative")
     old = context.state
-    if percent is None and current is None and (stage is None or stage == old[4]):
+    same_stage = stage is None or stage == old[4]
+    if percent is None and current is None and same_stage:
         percent, current, total = old[0], old[1], old[2]
-    context.state = (percent, current, total, old[3] if message is None else message,
-                     old[4] if stage is None else stage)
+    if message is None:  # a new stage does not inherit the last stage's message
+        message = old[3] if same_stage else ""
+    context.state = (percent, current, total, message, old[4] if stage is None else stage)
     context.event = None
     context.dirty = True
 
