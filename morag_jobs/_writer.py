@@ -265,7 +265,7 @@ class CoalescingWriter:
                 if self._closed and not due:
                     return
             for job_id in due:
-                self._write_pending(job_id)
+                self._write_pending(job_id, only_if_due=True)
 
     def _due(self) -> tuple[list[str], float | None]:
         """Jobs whose write is due now, and how long until the next one is."""
@@ -274,24 +274,38 @@ class CoalescingWriter:
         wait: float | None = None
         candidates = set(self._pending) | {j for j, c in self._clocks.items() if c.final}
         for job_id in candidates:
-            clock = self._clocks.get(job_id)
-            if clock is None:
-                ready = 0.0
-            elif job_id in self._urgent:
-                ready = clock.retry_at
-            else:
-                ready = max(clock.last_write + self.interval, clock.retry_at)
+            ready = self._ready_at(job_id)
             if ready <= now:
                 due.append(job_id)
             else:
                 wait = ready - now if wait is None else min(wait, ready - now)
         return due, wait
 
-    def _write_pending(self, job_id: str) -> bool:
-        """Write the job's pending progress, then its queued completions; False on failure."""
+    def _ready_at(self, job_id: str) -> float:
+        """When the job's next write is due (monotonic; under the lock)."""
+        clock = self._clocks.get(job_id)
+        if clock is None:
+            return 0.0
+        if job_id in self._urgent:
+            return clock.retry_at
+        return max(clock.last_write + self.interval, clock.retry_at)
+
+    def _still_due(self, job_id: str) -> bool:
+        clock = self._clocks.get(job_id)
+        has_work = job_id in self._pending or (clock is not None and bool(clock.final))
+        return has_work and self._ready_at(job_id) <= time.monotonic()
+
+    def _write_pending(self, job_id: str, *, only_if_due: bool = False) -> bool:
+        """Write the job's pending progress, then its queued completions; False on failure.
+
+        ``only_if_due`` (the writer thread): the job was found due before the lock was let
+        go; a flush may have written it since, and what came after must wait its interval.
+        """
         with self._lock:
             # One write per job at a time, so a job's writes land in the order submitted.
             self._lock.wait_for(lambda: job_id not in self._busy, self.sync_timeout)
+            if only_if_due and not self._still_due(job_id):
+                return True
             pending = self._pending.pop(job_id, None)
             self._urgent.discard(job_id)
             clock = self._clocks.setdefault(job_id, _JobClock())
