@@ -6,7 +6,9 @@ at least every ``heartbeat_interval``). A pass of the reaper:
 - FAILS a PROCESSING job whose heartbeat is older than the timeout ("worker lost"),
   unless its task will be delivered again (``redelivery_expected``, recorded when it
   started): that job goes back to PENDING with a deadline (``redelivery_timeout``);
-- FAILS a job still PENDING past that deadline ("worker lost; not redelivered ...").
+- FAILS a job still PENDING past that deadline ("worker lost; not redelivered ...");
+- with ``MORAG_PRUNE_AFTER`` set, at most once an hour per process, deletes what ended
+  longer ago than that (``morag_jobs.store.prune``).
 
 Every worker and every ``morag-jobs serve`` runs passes, so jobs are reaped while any
 of them lives; a pass first takes a lock across processes (see
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,7 +28,8 @@ from morag_jobs import _config, rules, settings
 from morag_jobs.events import utc_now
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.logs import get_logger
-from morag_jobs.store import Job
+from morag_jobs.store import Job, JobStore
+from morag_jobs.store.prune import prune
 from morag_jobs.store.reaping import (
     awaiting_redelivery,
     expired_leases,
@@ -40,6 +44,9 @@ log = get_logger(__name__)
 
 DEFAULT_TIMEOUT = _config.REAP_TIMEOUT
 """Seconds without a heartbeat after which a running job is reaped."""
+PRUNE_EVERY = timedelta(hours=1)
+"""The least time between two prunes (``MORAG_PRUNE_AFTER``) of one store by one process."""
+_pruned_at: weakref.WeakKeyDictionary[JobStore, datetime] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +96,7 @@ def reap_pass(
             before = now - timedelta(seconds=queued)
             reaped += _apply(handler, never_started(handler.store, before),
                              lambda job: rules.never_started(job, queued, now))
+        _prune_if_due(handler.store, now)
         return Pass(True, reaped)
 
 
@@ -128,6 +136,17 @@ def _reap_silent(
 def _reap_undelivered(handler: ProgressHandler, now: datetime) -> list[Job]:
     return _apply(handler, awaiting_redelivery(handler.store),
                   lambda job: rules.redelivery_missed(job, now))
+
+
+def _prune_if_due(store: JobStore, now: datetime) -> None:
+    """Prune what ended ``MORAG_PRUNE_AFTER`` before ``now``, unless unset or this process
+    pruned ``store`` less than ``PRUNE_EVERY`` ago (a failed prune waits as long)."""
+    keep = settings.prune_after()
+    last = _pruned_at.get(store)
+    if keep is None or (last is not None and last <= now < last + PRUNE_EVERY):
+        return
+    _pruned_at[store] = now
+    prune(store, now - timedelta(seconds=keep))  # it logs what it deleted
 
 
 def _apply(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 __all__ = [
@@ -12,7 +13,9 @@ __all__ = [
     "demo_broker",
     "demo_directory",
     "log_level",
+    "parse_duration",
     "pattern_dirs",
+    "prune_after",
     "redelivery_timeout",
     "webhook_allow_private",
     "webhook_concurrency",
@@ -109,3 +112,32 @@ def pending_timeout() -> float | None:
         return None
     return _positive("MORAG_PENDING_TIMEOUT", float, "86400",
                      "the seconds a queued task may wait before its job is failed, or none")
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)", re.IGNORECASE)
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_LONGEST = 36500 * 86400  # a hundred years: a cutoff any datetime can hold
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``30d``, ``12h``, ``90m``, ``45s`` or ``3600`` (seconds);
+    ``ValueError`` with a one-line reason when it is not one (or not positive)."""
+    found = _DURATION.fullmatch(text.strip())
+    seconds = float(found[1]) * _UNIT_SECONDS[found[2].lower()] if found else 0.0
+    if not 0 < seconds <= _LONGEST:
+        raise ValueError(f"{text!r} is not a duration: use a positive number of seconds or "
+                         "of m, h or d (e.g. 30d, 12h, 90m, 3600), at most 36500d")
+    return seconds
+
+
+def prune_after() -> float | None:
+    """``MORAG_PRUNE_AFTER``: how long ended jobs (with their history) and settled webhook
+    deliveries are kept before the reaper deletes them, as a duration (``30d``, ``12h``,
+    ``3600``); unset, empty or ``none``: never."""
+    raw = (os.environ.get("MORAG_PRUNE_AFTER") or "").strip()
+    if raw.lower() in ("", "none"):
+        return None
+    try:
+        return parse_duration(raw)
+    except ValueError as error:
+        raise ValueError(f"MORAG_PRUNE_AFTER={raw!r}: {error}") from None

@@ -6,11 +6,11 @@ engine, as a Celery worker would be; the stream only sees what reaches the datab
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -19,7 +19,6 @@ from api_helpers import Api, running_api, served, sse_events
 
 from morag_jobs import ProgressEvent
 from morag_jobs.api import ApiKeys, watch
-from morag_jobs.api.watch import Batch, JobFeed, SeenJobs
 from morag_jobs.events import utc_now
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.store import JobStore
@@ -147,36 +146,64 @@ def test_all_jobs_stream_shows_a_user_only_their_jobs(database_url: str) -> None
     assert seen[-1]["percentage"] == 30.0, "the latest state arrives"
 
 
-def test_a_dashboard_stream_that_fell_behind_reads_what_it_missed(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+def test_streams_whose_clients_fall_behind_their_inbox_read_what_they_missed(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The shared feed keeps recent batches only; a listener behind them is told so and
-    reads the jobs changed since its own cursor itself, missing none."""
-    monkeypatch.setattr(watch, "_KEEP_ITEMS", 2)  # a second batch pushes the first out
-    store = JobStore(sqlite_url, create_tables=True)
-    handler = ProgressHandler(store=store, interval=0)
-    first, second = store.create_job(), store.create_job()
-    seen = SeenJobs(utc_now())
+    """The watcher keeps a bounded inbox per stream; past it (here: any batch at all) the
+    stream is told it missed some and reads them from the database itself, missing none."""
+    monkeypatch.setattr(watch, "INBOX_CHARS", 10)
+    with running_api(database_url, stream_poll_interval=0.05, heartbeat_interval=0.2) as api:
+        admin, first, second = api.key("admin"), api.job(), api.job()
+        writer = ProgressHandler(store=api.store, interval=0)
+        with api.client.stream("GET", "/api/v1/stream", headers=api.auth(admin)) as every, \
+                api.client.stream("GET", f"/api/v1/jobs/{first.id}/stream",
+                                  headers=api.auth(admin)) as one:
+            events = sse_events(one.iter_lines())
+            assert next(events)[0] == "job", "the snapshot"
+            for percent in (10, 20, 30):
+                for job in (first, second):
+                    writer.apply(ProgressEvent(percent=percent, source="callback"), job.id,
+                                 immediate=True)
+            writer.handle_job_completion(first.id, True, "done")
+            history = [json.loads(data)["percentage"] for kind, data in events
+                       if kind == "history"]
+            assert history == [10, 20, 30, 100], "the job stream read every row it missed"
+            latest: dict[str, float] = {}
+            for kind, data in sse_events(every.iter_lines()):
+                if kind == "job":
+                    job = json.loads(data)
+                    latest[job["id"]] = job["percentage"]
+                if latest == {first.id: 100.0, second.id: 30.0}:
+                    break
+        writer.close()
 
-    async def fall_behind() -> tuple[list[Batch] | None, list[Batch] | None]:
-        feed = JobFeed(store, interval=0.02)
-        start = feed.listen()
-        position, created = await feed.batches(start, 5)  # the new jobs, in one batch
-        handler.apply(ProgressEvent(percent=10, source="callback"), first.id, immediate=True)
-        updated: list[Batch] | None = []
-        while not updated:
-            position, updated = await feed.batches(position, 5)
-        _, behind = await feed.batches(start, 5)
-        feed.leave()
-        return created, behind
 
-    try:
-        created, behind = asyncio.run(fall_behind())
-        assert created and created[0].size == 2 and first.id in created[0].everyone \
-            and second.id in created[0].everyone, "the jobs created just before come first"
-        assert behind is None, "a listener behind the kept batches is told it missed some"
-        missed = {job.id for job in seen.read_changed(store)}
-        assert missed == {first.id, second.id}, "its own read finds every job it missed"
-    finally:
-        handler.close()
-        store.close()
+def test_a_write_stamped_behind_the_poll_still_reaches_the_streams(api: Api) -> None:
+    """A writer whose clock runs 30 s behind stamps ``updated_at`` before the poll's
+    cursor (and its overlap): its history row, read by id, brings the job along."""
+    admin, job, other = api.key("admin"), api.job(), api.job()
+    writer = ProgressHandler(store=api.store, interval=0)
+    with api.client.stream("GET", f"/api/v1/jobs/{job.id}/stream",
+                           headers=api.auth(admin)) as one, \
+            api.client.stream("GET", "/api/v1/stream", headers=api.auth(admin)) as every:
+        events = sse_events(one.iter_lines())
+        assert next(events)[0] == "job"
+        writer.apply(ProgressEvent(percent=10, source="callback"), other.id, immediate=True)
+        late = utc_now() - timedelta(seconds=30)
+        api.store.update_job(job.id, lambda _: ({"percentage": 60.0, "summary": "late clock",
+                                                 "updated_at": late}, {}))
+        got, deadline = [], time.monotonic() + 10
+        for kind, data in events:  # pings come every 0.2 s
+            assert time.monotonic() < deadline, f"the late write reaches the job stream: {got}"
+            if kind in ("job", "history"):
+                got.append((kind, json.loads(data)["percentage"]))
+                if kind == "job":
+                    break
+        assert got == [("history", 60.0), ("job", 60.0)]
+        deadline = time.monotonic() + 10
+        for kind, data in sse_events(every.iter_lines()):  # pings come every 0.2 s
+            assert time.monotonic() < deadline, "the late write reaches the all-jobs stream"
+            if kind == "job" and json.loads(data)["id"] == job.id \
+                    and json.loads(data)["percentage"] == 60.0:
+                break
+    writer.close()

@@ -21,13 +21,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from morag_jobs import __version__, _config, settings, webhooks
-from morag_jobs.api import control, dashboard, jobs, metrics, remote, stream
+from morag_jobs.api import control, dashboard, jobs, metrics, remote, schema_route, stream
 from morag_jobs.api.auth import ApiKeys
 from morag_jobs.api.metrics import ApiMetrics, UpdateTimer
 from morag_jobs.api.remote import JobCache
 from morag_jobs.api.schemas import ProgressUpdate
 from morag_jobs.api.stream import DEFAULT_MAX_STREAMS, StreamSlots
-from morag_jobs.api.watch import JobFeed, JobWatch
+from morag_jobs.api.watch import StreamWatcher
 from morag_jobs.errors import StoreUnavailable
 from morag_jobs.handler import ProgressHandler
 from morag_jobs.store import JobStore
@@ -54,8 +54,8 @@ class ApiState:
     stream_poll_interval: float
     heartbeat_interval: float
     stream_slots: StreamSlots
-    watch: JobWatch
-    feed: JobFeed
+    watcher: StreamWatcher
+    """The one database poll of this process behind every open stream."""
 
 
 def create_app(
@@ -107,7 +107,7 @@ def create_app(
         stream_slots=StreamSlots(
             settings.api_max_streams_per_key() if max_streams_per_key is None
             else max_streams_per_key, max_streams),
-        watch=JobWatch(store, stream_poll_interval), feed=JobFeed(store, stream_poll_interval),
+        watcher=StreamWatcher(store, stream_poll_interval),
     )
 
     secret = settings.webhook_secret() if webhook_secret is None else webhook_secret
@@ -120,7 +120,9 @@ def create_app(
             gc.freeze()
         if deliverer is not None:
             deliverer.start()  # sends what any process queued in the webhook outbox
+        state.watcher.start()  # polls only while streams are open
         yield
+        await state.watcher.stop()
         if deliverer is not None:
             deliverer.stop()
         handler.remove_listener(job_cache.remember)
@@ -142,7 +144,7 @@ def create_app(
     app.state.morag = state
     app.openapi = _with_schemas(app, ProgressUpdate)  # type: ignore[method-assign]
     for router in (remote.router, control.router, jobs.router, stream.router, metrics.router,
-                   dashboard.router):
+                   dashboard.router, schema_route.router):
         app.include_router(router)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)

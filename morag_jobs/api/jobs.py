@@ -29,6 +29,7 @@ from morag_jobs.api.schemas import (
 )
 from morag_jobs.eta import EtaEstimator
 from morag_jobs.store import Family, Job, JobStatus, JobStore
+from morag_jobs.store.reads import JobReads
 
 __all__ = ["router"]
 
@@ -39,6 +40,8 @@ Sort = Literal[
 Filter = Annotated[str | None, Query(min_length=1, max_length=255, pattern=ID_PATTERN)]
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+TOTAL_CAP = 10_000
+"""The list's ``total`` is exact up to this many matching jobs, and a lower bound past it."""
 _ESTIMATOR_LOCK = threading.Lock()
 
 
@@ -82,7 +85,9 @@ def list_jobs(
     """Jobs matching every filter, newest first by default, a page at a time.
 
     A user key sees only its own user's jobs (a ``user`` filter naming another user
-    gives an empty page); **403** for worker keys.
+    gives an empty page); **403** for worker keys. ``total`` is exact up to 10,000
+    matching jobs (or ``offset + limit + 1``, when more); beyond that counting stops,
+    ``total_is_lower_bound`` is true and ``total`` is how far it counted.
     """
     principal.require_reader()
     if principal.scope == "user":
@@ -92,10 +97,13 @@ def list_jobs(
     filters: dict[str, Any] = {"status": status or None, "user_id": user, "job_type": type}
     store = _store(request)
     jobs = store.list_jobs(**filters, limit=limit, offset=offset, order_by=sort)
-    total = store.count_jobs(**filters)
+    # Counted up to a cap, never a full count(*): past it, total is a lower bound that
+    # still reaches past this page, so a client paging until offset + len(items) >= total
+    # keeps going.
+    counted = JobReads(store).count_jobs_up_to(max(TOTAL_CAP, offset + limit + 1), **filters)
     etas = _estimator(request).remaining_many(jobs)
-    return JobPage(items=[JobView.of(job, etas[job.id]) for job in jobs], total=total,
-                   limit=limit, offset=offset)
+    return JobPage(items=[JobView.of(job, etas[job.id]) for job in jobs], total=counted.total,
+                   total_is_lower_bound=counted.lower_bound, limit=limit, offset=offset)
 
 
 @router.get("/{job_id}", response_model=JobView, responses=errors(401, 403, 404, 422, 503),

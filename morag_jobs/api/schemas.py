@@ -300,7 +300,13 @@ DERIVED_JOB_FIELDS = frozenset(JobView.model_fields) - frozenset(JobOut.model_fi
 
 class JobPage(BaseModel):
     items: list[JobView]
-    total: int = Field(description="Jobs matching the filters, over all pages.")
+    total: int = Field(description=(
+        "Jobs matching the filters, over all pages; a lower bound when "
+        "`total_is_lower_bound` is true."))
+    total_is_lower_bound: bool = Field(False, description=(
+        "True when more than `total` jobs match: the list counts at most 10,000 "
+        "(or `offset + limit + 1`, when more) rather than every matching job, and "
+        "`total` is then more than `offset + len(items)`."))
     limit: int
     offset: int
 

@@ -1,21 +1,27 @@
-"""One poll of the job table for all open streams of a server process, however many.
+"""One poll of the database per server process, fanned out in memory to every open stream.
 
-Updates are written by other processes, so the streams learn of them by reading the
-database. Read per stream, that cost a query per stream per interval, about 1 ms of the
-server's CPU each (SQLAlchemy and the thread-pool hop, under the GIL the requests need
-too): 200 streams that only waited took 46 % of a core, and 200 dashboards
-(``/api/v1/stream``) under progress load cut PUT throughput to a tenth
-(``bench/stream_bench.py``). Here one poll serves every stream:
+Updates are written by other processes (Celery workers, other server processes), so the
+streams learn of them from the database. A :class:`StreamWatcher` (one per app, started
+and stopped with it) reads, every ``stream_poll_interval`` seconds while any stream is
+open (and for ``IDLE_SECONDS`` after the last one closes, so a reconnecting client finds
+it running), on one connection:
 
-- :class:`JobWatch` (``/jobs/{id}/stream``) reads the versions of every watched job in
-  one query; for the jobs that changed it reads the row and the new history once,
-  whatever their number of watchers, and formats the events once.
-- :class:`JobFeed` (``/stream``) reads the jobs changed since the last poll once, for
-  every key, and joins their events once for every job and per user.
+- the jobs updated since its cursor, less ``OVERLAP`` so a write committed late is still
+  seen (a job version already passed on is not passed on again);
+- the history rows after the newest id it has read, and the ids it passed over (taken
+  by a transaction that had not committed yet; asked for again for ``GAP_SECONDS``);
+- every ``CHECK_SECONDS``, which of the jobs that job streams follow still exist.
 
-A stream then only sends what it is handed, in one write per poll. Each poll runs as a
-task on the server's event loop (its queries in the thread pool) while anyone listens,
-and ends with the last listener.
+Each event is formatted once; the all-jobs events of a poll are joined once for every
+job and once per user. Each open stream then gets what its key may read, from an index
+(job id, user id, or every job for admin keys): a stream costs a place in that index and
+an inbox, not a query. A stream whose client reads too slowly for its inbox
+(``INBOX_CHARS``) reads what it missed from the database itself, once.
+
+Event ids, for ``Last-Event-ID``: a ``history`` event's id is its ``job_events.id``
+and a job stream's ``job`` event carries the id of the last ``history`` row sent before
+it; the all-jobs stream's ``job`` events carry a :class:`FeedCursor`
+(``<updated_at in epoch microseconds>-<job id>``) that never goes back.
 """
 
 from __future__ import annotations
@@ -23,12 +29,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
-from typing import Any, Final, Generic, TypeVar
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
 from starlette.concurrency import run_in_threadpool
 
@@ -37,78 +44,196 @@ from morag_jobs.errors import StoreUnavailable
 from morag_jobs.events import utc_now
 from morag_jobs.logs import get_logger
 from morag_jobs.store import HistoryEntry, Job, JobStore
-from morag_jobs.store.reads import JobMove, JobReads, Seen
+from morag_jobs.store.reads import HISTORY_BASELINE, Changes, JobReads
 
-__all__ = ["OVERLAP", "Batch", "Change", "JobFeed", "JobWatch", "SeenJobs", "feed_text",
-           "history_text", "job_text", "sse"]
+__all__ = ["CHECK_SECONDS", "GAP_SECONDS", "IDLE_SECONDS", "INBOX_CHARS", "OVERLAP", "Batch",
+           "FeedCursor", "Follower", "JobUpdate", "SeenJobs", "StreamWatcher", "feed_texts",
+           "history_text", "job_body", "sse"]
 
 log = get_logger(__name__)
 
-T = TypeVar("T")
 OVERLAP: Final = timedelta(seconds=2)
-"""The feed re-reads this far back: a write committed late is still seen."""
-PAGE: Final = 500
-_KEEP_SECONDS: Final = 60.0
-_KEEP_ITEMS: Final = 20_000
+"""The poll re-reads this far back: a write committed late is still seen."""
+IDLE_SECONDS: Final = 10.0
+GAP_SECONDS: Final = 30.0
+MAX_GAPS: Final = 500
+CHECK_SECONDS: Final = 5.0
+INBOX_CHARS: Final = 4_000_000
+"""What a stream may have waiting (characters of events) before it reads from the database."""
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+_CURSOR: Final = re.compile(r"(\d{1,19})-([^\x00-\x1f\x7f]*)")
+_UNSAFE: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def sse(event: str, data: Any, event_id: str | None = None) -> str:
+def sse(event: str, data: Any, event_id: str | int | None = None) -> str:
     """One Server-Sent Event; ``data`` as compact JSON on one line."""
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-def job_text(job: Job) -> str:
-    """The job stream's ``job`` event for this state of the job (its version is the id)."""
-    return sse("job", job_json(job), str(job.version))
+def job_body(job: Job) -> str:
+    """The job stream's ``job`` event without its id (the stream puts its cursor first)."""
+    return sse("job", job_json(job))
 
 
 def history_text(record: HistoryEntry) -> str:
-    return sse("history", record.to_dict())
+    """A ``history`` event; its id is the row's ``job_events.id``."""
+    return sse("history", record.to_dict(), record.id)
 
 
-class _Poller(Generic[T]):
-    """Read in the thread pool every ``interval`` seconds while ``_wanted``; publish on the loop."""
+# -- the all-jobs stream's position ------------------------------------------------------------
 
-    def __init__(self, store: JobStore, interval: float) -> None:
-        self.store = store
-        self.reads = JobReads(store)
-        self.interval = interval
-        self._task: asyncio.Task[None] | None = None
 
-    def _wanted(self) -> bool:
-        raise NotImplementedError
+@dataclass(frozen=True, order=True, slots=True)
+class FeedCursor:
+    """A position in the all-jobs stream: every change up to this (``updated_at``, job id)."""
 
-    def _reader(self) -> Callable[[], T]:
-        """What the next poll reads, taken on the loop; called in a thread."""
-        raise NotImplementedError
+    micros: int
+    job_id: str = ""
 
-    def _publish(self, result: T) -> None:
-        raise NotImplementedError
+    @classmethod
+    def of(cls, job: Job, floor: datetime) -> FeedCursor:
+        at = job.updated_at or floor
+        return cls((at - _EPOCH) // _MICROSECOND, _UNSAFE.sub("", job.id))
 
-    def _start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+    @classmethod
+    def parse(cls, text: str) -> FeedCursor | None:
+        """The cursor an event id spells, or None for anything else."""
+        match = _CURSOR.fullmatch(text.strip())
+        return cls(int(match[1]), match[2]) if match else None
 
-    async def _run(self) -> None:
-        try:
-            while self._wanted():
-                await asyncio.sleep(self.interval)
-                if not self._wanted():
-                    break
-                try:
-                    result = await run_in_threadpool(self._reader())
-                except StoreUnavailable as error:
-                    # The streams keep their heartbeats and see the changes once it is back.
-                    log.warning("stream poll failed; retrying", error=str(error)[:200])
-                    continue
-                except Exception:
-                    # A bug here must not silence every stream of the process for good.
-                    log.exception("stream poll failed; retrying")
-                    continue
-                self._publish(result)
-        finally:
-            self._task = None
+    @property
+    def at(self) -> datetime:
+        return _EPOCH + self.micros * _MICROSECOND
+
+    def __str__(self) -> str:
+        return f"{self.micros}-{self.job_id}"
+
+
+def feed_texts(jobs: Iterable[Job], cursor: FeedCursor | None, floor: datetime
+               ) -> tuple[list[tuple[str | None, str]], FeedCursor | None]:
+    """The all-jobs ``job`` events of ``jobs`` (in update order), each with the cursor so
+    far as its id (never below ``cursor``): (the job's user, event) pairs and the cursor."""
+    texts = []
+    for job in jobs:
+        here = FeedCursor.of(job, floor)
+        cursor = here if cursor is None or here > cursor else cursor
+        texts.append((job.user_id, sse("job", job_json(job), str(cursor))))
+    return texts, cursor
+
+
+class SeenJobs:
+    """The version of each job already passed on, and the newest ``updated_at`` among them
+    (the cursor).
+
+    A job is forgotten once its update is older than twice the overlap: the re-reads
+    (``updated_after = cursor - OVERLAP``) never reach that far back.
+    """
+
+    def __init__(self, since: datetime) -> None:
+        self.cursor = since
+        self.versions: dict[str, int] = {}
+        self._at: dict[str, datetime] = {}
+
+    def fresh(self, job: Job) -> bool:
+        """True (and remembered) when this version of the job was not passed on before."""
+        if self.versions.get(job.id, -1) >= job.version:
+            return False
+        self.versions[job.id] = job.version
+        self._at[job.id] = job.updated_at or self.cursor
+        return True
+
+    def advance(self) -> None:
+        """Move the cursor to the newest update seen, but not past this server's clock: a
+        writer whose clock runs ahead must not hide the others' updates."""
+        if self._at:
+            self.cursor = max(self.cursor, min(max(self._at.values()), utc_now()))
+        horizon = self.cursor - OVERLAP * 2
+        for job_id in [key for key, at in self._at.items() if at < horizon]:
+            del self._at[job_id], self.versions[job_id]
+
+
+# -- what one poll found ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobUpdate:
+    """A followed job's news in one poll, formatted once for all the streams on it."""
+
+    job: Job | None
+    """Its new state (None: only new history this time, or deleted)."""
+    body: str = ""
+    """``job_body(job)``."""
+    history: tuple[tuple[int, str], ...] = ()
+    """(id, ``history`` event) of its new history rows, oldest first."""
+    deleted: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + sum(len(text) for _, text in self.history)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What one poll found: per followed job, and the all-jobs events joined per reader."""
+
+    jobs: dict[str, JobUpdate]
+    everyone: str
+    by_user: dict[str, str]
+    cursor: FeedCursor | None
+    """The all-jobs stream's position after this poll."""
+    at: float = 0.0
+
+
+class Follower:
+    """An open stream's place at the watcher: its key and its inbox.
+
+    ``key`` is a job id (a job stream), a user id, or None (an all-jobs stream of a
+    user key, or of an admin key: every job). Only the event loop touches it.
+    """
+
+    __slots__ = ("_signal", "chars", "inbox", "job", "key", "overflowed")
+
+    def __init__(self, key: str | None, *, job: bool) -> None:
+        self.key = key
+        self.job = job
+        self.inbox: deque[Any] = deque()
+        self.chars = 0
+        self.overflowed = False
+        self._signal = asyncio.Event()
+
+    def put(self, item: Any, chars: int) -> None:
+        if self.overflowed:
+            return
+        if self.chars + chars > INBOX_CHARS:  # its client reads too slowly: drop, catch up later
+            self.inbox.clear()
+            self.chars, self.overflowed = 0, True
+        else:
+            self.inbox.append(item)
+            self.chars += chars
+        self._signal.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """True once something (or an overflow) waits; False after ``timeout`` seconds."""
+        if not self.inbox and not self.overflowed:
+            await _wait(self._signal, timeout)
+        return bool(self.inbox) or self.overflowed
+
+    def take(self) -> tuple[list[Any], bool]:
+        """What waits, and whether some was dropped (the stream reads it from the database)."""
+        items, overflowed = list(self.inbox), self.overflowed
+        self.inbox.clear()
+        self.chars, self.overflowed = 0, False
+        self._signal.clear()
+        return items, overflowed
+
+
+async def _wait(signal: asyncio.Event, timeout: float | None) -> bool:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await signal.wait()
+    return signal.is_set()
 
 
 def _wake(signal: asyncio.Event) -> asyncio.Event:
@@ -117,240 +242,238 @@ def _wake(signal: asyncio.Event) -> asyncio.Event:
     return asyncio.Event()
 
 
-async def _wait(signal: asyncio.Event, timeout: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout):
-            await signal.wait()
+# -- the watcher ---------------------------------------------------------------------------------
 
 
-# -- one job's stream ------------------------------------------------------------------------
+class StreamWatcher:
+    """The one poll of a server process, and the streams it serves.
 
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """A watched job's new state, read once for all its watchers.
-
-    ``history`` holds (event id, ``history`` event) for every event after ``after``; a
-    watcher whose own cursor is behind ``after`` (it missed a change) reads its gap itself.
+    ``start``/``stop`` run its task with the app (``create_app``'s lifespan). Streams
+    ``follow_job``/``follow_feed`` and ``leave``; a job stream awaits ``settled`` before
+    reading its start from the database, so no row falls between that read and the polls.
     """
-
-    job: Job | None
-    """None: the job was deleted."""
-    text: str
-    after: int
-    history: tuple[tuple[int, str], ...] = ()
-
-
-@dataclass(slots=True)
-class _Watched:
-    version: int | None
-    cursor: int
-    watchers: int = 1
-    change: Change | None = None
-    signal: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-class JobWatch(_Poller[dict[str, Change]]):
-    """Which jobs open streams watch, polled together every ``interval`` seconds."""
 
     def __init__(self, store: JobStore, interval: float) -> None:
-        super().__init__(store, interval)
-        self._jobs: dict[str, _Watched] = {}
+        self.store = store
+        self.reads = JobReads(store)
+        self.interval = interval
+        self.polls = 0
+        """Polls made (each one connection and two or three statements)."""
+        self._jobs: dict[str, set[Follower]] = {}
+        self._feeds: dict[str | None, set[Follower]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._kick: asyncio.Event | None = None
+        self._progress: asyncio.Event | None = None
+        self._started = self._done = 0
+        self._left_at = self._next_at = 0.0
+        self._closed = False
+        self._reset()
 
-    def watch(self, job: Job, cursor: int) -> None:
-        """Start watching ``job`` as seen (version and last history event id ``cursor``)."""
-        watched = self._jobs.get(job.id)
-        if watched is None:
-            self._jobs[job.id] = _Watched(job.version, cursor)
-        else:
-            watched.watchers += 1
-            if watched.version is None or job.version < watched.version:
-                # This watcher saw an older state than the others: the next poll reads again.
-                watched.version = job.version
-                watched.cursor = min(watched.cursor, cursor)
-        self._start()
+    def _reset(self) -> None:
+        """Forget the cursors: the next poll starts afresh (after an idle spell)."""
+        self._seen = SeenJobs(utc_now())
+        self._cursor: FeedCursor | None = None
+        self._history_after: int | None = None
+        self._gaps: dict[int, float] = {}
+        self._recent: deque[Batch] = deque()
+        self._checked_at = 0.0
 
-    def unwatch(self, job_id: str) -> None:
-        watched = self._jobs.get(job_id)
-        if watched is not None:
-            watched.watchers -= 1
-            if watched.watchers <= 0:
-                del self._jobs[job_id]
+    # -- life ------------------------------------------------------------------------------
 
-    async def changed(self, job_id: str, version: int, timeout: float) -> Change | None:
-        """The job's state once it is newer than ``version``; None after ``timeout`` s."""
-        watched = self._jobs[job_id]
-        if not _newer(watched.change, version):
-            await _wait(watched.signal, timeout)
-        return watched.change if _newer(watched.change, version) else None
+    def start(self) -> None:
+        """Run the poll on the running event loop (it polls only while streams are open)."""
+        self._closed = False
+        self._ensure()
 
-    def _wanted(self) -> bool:
-        return bool(self._jobs)
+    def _ensure(self) -> None:
+        """The task, if not stopped: an app run without its lifespan starts it here."""
+        if self._task is None and not self._closed:
+            self._kick, self._progress = asyncio.Event(), asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="stream watcher")
 
-    def _reader(self) -> Callable[[], dict[str, Change]]:
-        known = {job_id: (w.version, w.cursor) for job_id, w in self._jobs.items()}
-        return lambda: self._read(known)
+    async def stop(self) -> None:
+        """Stop polling (the app shuts down): streams still open only send heartbeats."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
-    def _publish(self, result: dict[str, Change]) -> None:
-        for job_id, change in result.items():
-            watched = self._jobs.get(job_id)
-            if watched is None:
-                continue
-            watched.version = change.job.version if change.job is not None else None
-            if change.history:
-                watched.cursor = change.history[-1][0]
-            watched.change = change
-            watched.signal = _wake(watched.signal)
+    def followers(self) -> int:
+        """Streams following now."""
+        return sum(map(len, self._jobs.values())) + sum(map(len, self._feeds.values()))
 
-    def _read(self, known: dict[str, Seen]) -> dict[str, Change]:
-        """Every watched job whose version moved: its row, history and event texts."""
-        return {job_id: _change(move, known[job_id][1])
-                for job_id, move in self.reads.moved_jobs(known).items()}
+    # -- streams -----------------------------------------------------------------------------
 
+    def follow_job(self, job_id: str) -> Follower:
+        follower = Follower(job_id, job=True)
+        self._jobs.setdefault(job_id, set()).add(follower)
+        self._wanted()
+        return follower
 
-def _change(move: JobMove, cursor: int) -> Change:
-    job = move.job
-    if job is None:
-        return Change(None, "", cursor)
-    return Change(job, job_text(job), cursor,
-                  tuple((record.id, history_text(record)) for record in move.history))
+    def follow_feed(self, user_id: str | None, *, recent: bool) -> Follower:
+        """An all-jobs stream (a user's jobs, or every job for None); ``recent`` first
+        hands it the changes of the last ``OVERLAP`` the watcher has already read."""
+        follower = Follower(user_id, job=False)
+        self._feeds.setdefault(user_id, set()).add(follower)
+        if recent:
+            horizon = time.monotonic() - OVERLAP.total_seconds()
+            for batch in self._recent:
+                if batch.at >= horizon:
+                    self._hand(follower, batch)
+        self._wanted()
+        return follower
 
+    def leave(self, follower: Follower) -> None:
+        index = self._jobs if follower.job else self._feeds
+        mine = index.get(follower.key)
+        if mine is not None:
+            mine.discard(follower)
+            if not mine:
+                del index[follower.key]
+        self._left_at = time.monotonic()
 
-def _newer(change: Change | None, version: int) -> bool:
-    return change is not None and (change.job is None or change.job.version > version)
-
-
-# -- every job's stream ----------------------------------------------------------------------
-
-
-class SeenJobs:
-    """The version of each job already sent, and the newest ``updated_at`` among them.
-
-    A job is forgotten once its update is older than twice the overlap: the re-reads
-    (``updated_after = cursor - OVERLAP``) never reach that far back.
-    """
-
-    def __init__(self, since: datetime) -> None:
-        self.cursor = since
-        self._jobs: dict[str, tuple[int, datetime]] = {}
-
-    def fresh(self, job: Job) -> bool:
-        """True (and remembered) when this version of the job was not sent before."""
-        if self._jobs.get(job.id, (-1, self.cursor))[0] >= job.version:
+    async def settled(self, timeout: float) -> bool:
+        """True once every poll begun before now has ended and the watcher has its history
+        cursor: each later poll includes the streams following now. False after ``timeout``."""
+        self._ensure()
+        if self._task is None:  # stopped
+            await asyncio.sleep(timeout)
             return False
-        self._jobs[job.id] = (job.version, job.updated_at or self.cursor)
+        target = self._started
+        deadline = time.monotonic() + timeout
+        while self._done < target or self._history_after is None:
+            remaining = deadline - time.monotonic()
+            assert self._progress is not None
+            if remaining <= 0 or not await _wait(self._progress, remaining):
+                return self._done >= target and self._history_after is not None
         return True
 
-    def advance(self) -> None:
-        self.cursor = max([self.cursor, *(at for _, at in self._jobs.values())])
-        horizon = self.cursor - OVERLAP * 2
-        for job_id in [key for key, (_, at) in self._jobs.items() if at < horizon]:
-            del self._jobs[job_id]
+    def _wanted(self) -> None:
+        self._ensure()
+        if self._kick is not None:
+            self._kick.set()
 
-    def read_changed(self, store: JobStore, user_id: str | None = None) -> list[Job]:
-        """The jobs changed since the cursor (less the overlap) not sent yet; advances."""
-        fresh, offset = [], 0
+    # -- the poll ------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._kick is not None
         while True:
-            jobs = store.list_jobs(user_id=user_id, updated_after=self.cursor - OVERLAP,
-                                   limit=PAGE, offset=offset, order_by="updated_at")
-            fresh += [job for job in jobs if self.fresh(job)]
-            offset += len(jobs)
-            if len(jobs) < PAGE:
-                break
-        self.advance()
-        return fresh
+            idle = time.monotonic() - self._left_at
+            if not self._jobs and not self._feeds and (
+                    self._history_after is None or idle >= IDLE_SECONDS):
+                self._reset()
+                self._kick.clear()
+                await self._kick.wait()
+                continue
+            if self._history_after is not None:  # a first poll (a stream waits) goes at once
+                await asyncio.sleep(max(0.0, self._next_at - time.monotonic()))
+            self._next_at = time.monotonic() + self.interval  # every interval, however long
+            if not await self._poll():
+                await asyncio.sleep(self.interval)
 
-
-def feed_text(job: Job) -> str:
-    """The all-jobs stream's ``job`` event, with ``<job id>:<version>`` as its id."""
-    return sse("job", job_json(job), f"{job.id}:{job.version}")
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """What one poll found, its events joined in advance: for every job, and per user."""
-
-    seq: int
-    at: float
-    size: int
-    until: datetime
-    """The feed's cursor after this poll: a listener that misses later batches reads from it."""
-    everyone: str
-    by_user: dict[str | None, str]
-
-    def text_for(self, user_id: str | None) -> str:
-        """The events a key sees: a user's (``user_id``), or every job's (None)."""
-        return self.everyone if user_id is None else self.by_user.get(user_id, "")
-
-
-class JobFeed(_Poller[Batch | None]):
-    """Every job changed since the last poll, read once for all ``/stream`` listeners.
-
-    The events of a poll are formatted and joined once, for every job and per user, so
-    a listener's share of a poll is one dictionary look-up and one write, whatever the
-    number of jobs that changed. The batches of the last minute are kept: a new listener
-    starts with those of the last ``OVERLAP``; one that fell further behind (its client
-    reads slowly) reads what it missed itself (:meth:`SeenJobs.read_changed`).
-    """
-
-    def __init__(self, store: JobStore, interval: float) -> None:
-        super().__init__(store, interval)
-        self._listeners = 0
-        self._seen = SeenJobs(utc_now())
-        self._batches: deque[Batch] = deque()
-        self._kept = 0
-        self._seq = 0
-        self._signal = asyncio.Event()
-
-    def listen(self) -> int:
-        """Count a listener in; the position of its first batch (the last 2 s)."""
-        self._listeners += 1
-        if self._task is None:
-            self._seen, self._batches, self._kept = SeenJobs(utc_now()), deque(), 0
-            self._start()
-        horizon = time.monotonic() - OVERLAP.total_seconds()
-        return next((batch.seq for batch in self._batches if batch.at >= horizon), self._seq + 1)
-
-    def leave(self) -> None:
-        self._listeners -= 1
-
-    async def batches(self, position: int, timeout: float) -> tuple[int, list[Batch] | None]:
-        """The batches from ``position`` on, and the position after them.
-
-        No batches after ``timeout`` seconds without one; None when some of them are no
-        longer kept.
-        """
-        if position > self._seq:
-            await _wait(self._signal, timeout)
-        if position <= self._seq and (not self._batches or position < self._batches[0].seq):
-            return self._seq + 1, None
-        return self._seq + 1, [batch for batch in self._batches if batch.seq >= position]
-
-    def _wanted(self) -> bool:
-        return self._listeners > 0
-
-    def _reader(self) -> Callable[[], Batch | None]:
-        return self._read
-
-    def _read(self) -> Batch | None:
-        jobs = self._seen.read_changed(self.store)
-        if not jobs:
-            return None
-        texts = [(job.user_id, feed_text(job)) for job in jobs]
-        by_user: dict[str | None, list[str]] = {}
-        for user_id, text in texts:
-            by_user.setdefault(user_id, []).append(text)
-        return Batch(0, 0.0, len(texts), self._seen.cursor, "".join(t for _, t in texts),
-                     {user_id: "".join(mine) for user_id, mine in by_user.items()})
-
-    def _publish(self, result: Batch | None) -> None:
-        if result is None:
-            return
-        self._seq += 1
+    async def _poll(self) -> bool:
+        followed = frozenset(self._jobs)
         now = time.monotonic()
-        self._batches.append(replace(result, seq=self._seq, at=now))
-        self._kept += result.size
-        while self._batches and (self._batches[0].at < now - _KEEP_SECONDS
-                                 or self._kept > _KEEP_ITEMS):
-            self._kept -= self._batches.popleft().size
-        self._signal = _wake(self._signal)
+        check = followed if followed and now - self._checked_at >= CHECK_SECONDS else frozenset()
+        self._started += 1
+        try:
+            batch = await run_in_threadpool(self._read, followed, check)
+        except StoreUnavailable as error:
+            # The streams keep their heartbeats and see the changes once it is back.
+            log.warning("stream poll failed; retrying", error=str(error)[:200])
+            return False
+        except Exception:
+            # A bug here must not silence every stream of the process for good.
+            log.exception("stream poll failed; retrying")
+            return False
+        finally:
+            self._done += 1
+            assert self._progress is not None
+            self._progress = _wake(self._progress)
+        if check:
+            self._checked_at = now
+        self._publish(batch)
+        return True
+
+    def _read(self, followed: frozenset[str], check: frozenset[str]) -> Batch:
+        """One poll's read and formatting, in a worker thread (only polls touch the cursors)."""
+        changes = self.reads.changes(self._seen.cursor - OVERLAP, self._history_after,
+                                     list(self._gaps), seen=self._seen.versions,
+                                     rows=bool(followed), check=check)
+        self.polls += 1
+        self._advance_history(changes.history_ids)
+        fresh = [job for job in changes.jobs if self._seen.fresh(job)]
+        self._seen.advance()
+        texts, self._cursor = feed_texts(fresh, self._cursor, self._seen.cursor)
+        by_user: dict[str, list[str]] = {}
+        for user_id, text in texts:
+            if user_id is not None:
+                by_user.setdefault(user_id, []).append(text)
+        return Batch(_job_updates(changes, fresh, followed), "".join(text for _, text in texts),
+                     {user: "".join(mine) for user, mine in by_user.items()}, self._cursor)
+
+    def _advance_history(self, ids: tuple[int, ...]) -> None:
+        """Move the history cursor past ``ids``; the ids skipped on the way are gaps."""
+        now = time.monotonic()
+        for found in ids:
+            self._gaps.pop(found, None)
+        if ids:
+            newest = ids[-1]
+            if self._history_after is None:
+                start = max(0, newest - HISTORY_BASELINE)
+            else:
+                start = self._history_after
+            if newest > start:
+                got = set(ids)
+                missing = [i for i in range(max(start + 1, newest - MAX_GAPS), newest)
+                           if i not in got]
+                self._gaps.update(dict.fromkeys(missing, now))
+            self._history_after = max(newest, self._history_after or 0)
+        elif self._history_after is None:
+            self._history_after = 0
+        expired = [i for i, at in self._gaps.items() if now - at > GAP_SECONDS]
+        for gap in expired:
+            del self._gaps[gap]
+        while len(self._gaps) > MAX_GAPS:
+            del self._gaps[min(self._gaps)]
+
+    def _publish(self, batch: Batch) -> None:
+        now = time.monotonic()
+        stamped = Batch(batch.jobs, batch.everyone, batch.by_user, batch.cursor, now)
+        if batch.everyone:
+            self._recent.append(stamped)
+        while self._recent and self._recent[0].at < now - OVERLAP.total_seconds():
+            self._recent.popleft()
+        if batch.everyone:
+            for follower in self._feeds.get(None, ()):
+                follower.put((batch.everyone, batch.cursor), len(batch.everyone))
+            for user_id, text in batch.by_user.items():
+                for follower in self._feeds.get(user_id, ()):
+                    follower.put((text, batch.cursor), len(text))
+        for job_id, update in batch.jobs.items():
+            for follower in self._jobs.get(job_id, ()):
+                follower.put(update, update.size)
+
+    def _hand(self, follower: Follower, batch: Batch) -> None:
+        text = batch.everyone if follower.key is None else batch.by_user.get(follower.key, "")
+        if text:
+            follower.put((text, batch.cursor), len(text))
+
+
+def _job_updates(changes: Changes, fresh: list[Job], followed: frozenset[str]
+                 ) -> dict[str, JobUpdate]:
+    """The news of each followed job: its new state, its new history rows, or its end."""
+    history: dict[str, list[tuple[int, str]]] = {}
+    for record in changes.history:
+        if record.job_id in followed:
+            history.setdefault(record.job_id, []).append((record.id, history_text(record)))
+    updates = {job.id: JobUpdate(job, job_body(job), tuple(history.pop(job.id, ())))
+               for job in fresh if job.id in followed}
+    updates.update((job_id, JobUpdate(None, "", tuple(rows))) for job_id, rows in history.items())
+    if changes.existing is not None:
+        for job_id in followed - changes.existing:
+            if job_id not in updates:
+                updates[job_id] = JobUpdate(None, deleted=True)
+    return updates

@@ -122,11 +122,17 @@ class MoragJobsStep(bootsteps.StartStopStep):
                   if options.get(opt) is not None}
         if chosen:
             runtime.config = replace(runtime.config, **chosen)
+        if isinstance(runtime, Runtime):  # task-progress events: as this worker sends its own
+            runtime.attach_worker(parent.hostname, bool(parent.task_events))
         _warm_up(runtime)
         self._reaper: Reaper | None = None
 
     def start(self, parent: Any) -> None:
         runtime = default_runtime()
+        log.info("morag-jobs installed: progress goes to the job table",
+                 database=runtime.handler.store.url,
+                 reaper=f"{runtime.config.reap_timeout:g}s" if runtime.config.reap_timeout
+                 else "off")
         if runtime.config.reap_timeout:
             self._reaper = Reaper(runtime.handler, runtime.config.reap_timeout,
                                   redelivery_timeout=runtime.config.redelivery_timeout)
@@ -148,7 +154,7 @@ def _warm_up(runtime: TaskRuntime) -> None:
     its first task waits on it forever.
     """
     try:
-        runtime.handler.store.count_jobs()
+        runtime.handler.store.ensure_ready()
     except Exception:  # the database may be down at start; the worker still starts
         log.warning("job database not reachable at worker start", exc_info=True)
 

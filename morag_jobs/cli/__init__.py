@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 from morag_jobs import __version__
 from morag_jobs._extras import missing, require
 from morag_jobs.cli import create, db, jobs, keys, parse, reap, serve, tail
+from morag_jobs.cli import prune as prune_cli
 from morag_jobs.cli import webhooks as webhooks_cli
 from morag_jobs.logs import configure_logging
 
@@ -72,6 +73,7 @@ app.command("serve")(serve.serve)
 app.add_typer(keys.app, name="keys")
 app.add_typer(webhooks_cli.app, name="webhooks")
 app.command("reap")(reap.reap)
+app.command("prune")(prune_cli.prune_command)
 app.command("tail")(tail.tail)
 
 

@@ -57,7 +57,7 @@ def open_store(database: str | None, *, create: bool | None = None) -> JobStore:
         if not create:
             _check_exists(store)
             _name_the_database(store, default=database is None)
-        store.count_jobs()
+        store.ensure_ready()  # reachable and migrated, without counting a big table
     except (MoragJobsError, ValueError) as error:
         fail(str(error))
     return store

@@ -273,7 +273,11 @@ function jobsQuery(offset, limit = PAGE) {
 
 // The server's count, unless the list changed the total itself since it was asked.
 function takeTotal(page, mark) {
-  if (state.view.total === null || state.view.adjusted === mark) state.view.total = page.total;
+  const view = state.view;
+  // Past the server's counting cap the total is a lower bound: never below what is known.
+  const total = page.total_is_lower_bound ? Math.max(view.total ?? 0, page.total) : page.total;
+  view.totalIsLowerBound = Boolean(page.total_is_lower_bound);
+  if (view.total === null || view.adjusted === mark) view.total = total;
   else recountSoon();
 }
 
@@ -348,7 +352,8 @@ function renderSummary() {
   } else {
     const total = Math.max(view.total ?? shown, shown);
     const what = view.status ? `${view.status.toLowerCase()} jobs` : "jobs";
-    $("summary").textContent = total > shown ? `${shown} of ${total} ${what}`
+    const plus = view.totalIsLowerBound ? "+" : "";
+    $("summary").textContent = total > shown ? `${shown} of ${total.toLocaleString("en")}${plus} ${what}`
       : `${total} ${total === 1 ? what.replace(/s$/, "") : what}`;
   }
   renderMore();
