@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from api_helpers import served
-from fastapi import FastAPI
+from api_helpers import served, serving
 from sqlalchemy import event
 
 from morag_jobs import ProgressEvent
@@ -231,26 +226,6 @@ def test_a_resumed_all_jobs_stream_gets_the_jobs_changed_since_its_cursor(
 # -- one poll per process --------------------------------------------------------------------
 
 
-@contextmanager
-def in_thread(app: FastAPI) -> Iterator[str]:
-    """``app`` served by uvicorn in a thread on a free loopback port: its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",
-                                           timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 async def _hold(base: str, targets: list[tuple[str, str]], seconds: float,
@@ -323,7 +298,7 @@ def test_many_streams_cost_the_database_what_one_does(database_url: str) -> None
     many = [(f"/api/v1/jobs/{jobs[users[n % 6]].id}/stream", admin) for n in range(30)] + \
            [("/api/v1/stream", user_keys[users[n % 6]]) for n in range(30)]
     try:
-        with in_thread(app) as base:
+        with serving(app) as base:
             _, alone = asyncio.run(_hold(base, one, 2.0, move))
             streams, crowd = asyncio.run(_hold(base, many, 2.0, move))
     finally:

@@ -12,8 +12,6 @@ a job and parent jobs shown as a tree in ``test_dashboard_control.py``.
 from __future__ import annotations
 
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -23,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from api_helpers import serving
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from playwright.sync_api import sync_playwright
@@ -105,27 +103,6 @@ def server(store: JobStore) -> Iterator[str]:
         yield url
 
 
-@contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """``app`` served by uvicorn in a thread on a free loopback port: its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", ws="none",
-                            lifespan="on", timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def report(client: httpx.Client, job_id: str, percentage: float, message: str,
