@@ -26,7 +26,7 @@ gains a child after it was created, and a child that ends now ends after the cut
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -44,7 +44,7 @@ __all__ = ["DEFAULT_BATCH", "ENDED", "PruneResult", "ended_statuses", "prune"]
 log = get_logger(__name__)
 
 DEFAULT_BATCH: Final = 5000
-"""Jobs (parents count with their children) or deliveries deleted per transaction."""
+"""Top-level jobs (a parent with its children) or deliveries deleted per transaction."""
 ENDED: Final = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELLED)
 """The statuses pruned by default: every ended one."""
 SETTLED_DELIVERIES: Final = ("delivered", "failed")
@@ -151,7 +151,7 @@ def _held_back(connection: Connection, ids: list[str], older_than: datetime) -> 
     return set(connection.execute(query).scalars())
 
 
-def _among(column: ColumnElement[str], ids: list[str]) -> ColumnElement[bool]:
+def _among(column: ColumnElement[Any], ids: Sequence[Any]) -> ColumnElement[bool]:
     """``column IN ids``, bounded by ``ids[0]..ids[-1]`` (``ids`` come in the database's
     order): the range lets PostgreSQL read a slice of an index where 5,000 ``IN`` values
     alone may make it choose to scan the table."""
@@ -208,11 +208,9 @@ def _prune_deliveries(store: JobStore, older_than: datetime, batch: int, *,
     while True:
         some = select(rows.id).where(_settled(older_than)).order_by(rows.id).limit(batch)
         with store._writing() as connection:
-            # The ids first: SQLite and PostgreSQL both take IN (SELECT ... LIMIT), but a
-            # list keeps the DELETE from being planned around the subquery.
             ids = list(connection.execute(some).scalars())
             if ids:
                 deleted += connection.execute(
-                    delete(DELIVERIES).where(rows.id.in_(ids))).rowcount
+                    delete(DELIVERIES).where(_among(rows.id, ids))).rowcount
         if len(ids) < batch:
             return deleted
