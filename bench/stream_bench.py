@@ -67,8 +67,8 @@ from api_bench import (
     wait_ready,
 )
 
+from morag_jobs.api import watch
 from morag_jobs.api.auth import ApiKeys
-from morag_jobs.api.watch import IDLE_SECONDS
 from morag_jobs.logs import configure_logging
 from morag_jobs.store import JobStore, upgrade_database
 
@@ -316,8 +316,8 @@ def serve_counted(port: int, url: str, max_streams: int) -> None:
 
     app = create_app(database_url=url, max_streams=max_streams, freeze_gc=True)
     counts: Counter[str] = Counter()
-    watcher, polling = app.state.morag.watcher, threading.local()
-    read = watcher._read
+    polling = threading.local()
+    watcher = getattr(app.state.morag, "watcher", None)  # None: before the one poll
 
     def count(*_: object) -> None:
         counts["poll" if getattr(polling, "on", False) else "other"] += 1
@@ -330,11 +330,12 @@ def serve_counted(port: int, url: str, max_streams: int) -> None:
             polling.on = False
             counts["poll_ms"] += round((time.perf_counter() - started) * 1000)
 
-    watcher._read = timed
+    if watcher is not None:
+        read, watcher._read = watcher._read, timed
     sqlalchemy.event.listen(app.state.morag.store.engine, "before_cursor_execute", count)
     router = APIRouter()
-    router.add_api_route("/bench/statements", lambda: {**counts, "polls": watcher.polls},
-                         methods=["GET"])
+    router.add_api_route("/bench/statements", methods=["GET"], endpoint=lambda: {
+        **counts, "polls": watcher.polls if watcher is not None else 0})
     app.include_router(router)
     uvicorn.run(app, host=HOST, port=port, access_log=False, log_level="warning",
                 timeout_graceful_shutdown=3)
@@ -541,9 +542,10 @@ def fanout(args: argparse.Namespace) -> None:
                   f"{'':>6}each{'':>7}/s{'':>7}/s{'':>5}/s{'':>7}/s")
             for count in counts:
                 if not count:
-                    time.sleep(IDLE_SECONDS + 1)  # the poll has stopped: no stream is open
+                    time.sleep(getattr(watch, "IDLE_SECONDS", 0) + 1)  # the poll has stopped
                 print(bench.row(shape, count), flush=True)
-            print(bench.throughput(shape, most), flush=True)
+            if args.rounds:
+                print(bench.throughput(shape, most), flush=True)
     finally:
         if server is not None:
             stop(server)

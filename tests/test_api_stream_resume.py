@@ -297,10 +297,15 @@ def test_many_streams_cost_the_database_what_one_does(database_url: str) -> None
     one = [("/api/v1/stream", admin)]
     many = [(f"/api/v1/jobs/{jobs[users[n % 6]].id}/stream", admin) for n in range(30)] + \
            [("/api/v1/stream", user_keys[users[n % 6]]) for n in range(30)]
+    state = app.state.morag
     try:
         with serving(app) as base:
             _, alone = asyncio.run(_hold(base, one, 2.0, move))
             streams, crowd = asyncio.run(_hold(base, many, 2.0, move))
+            deadline = time.monotonic() + 10
+            while state.watcher.followers() or state.stream_slots.held():
+                assert time.monotonic() < deadline, "closed streams leave the poll and slots"
+                time.sleep(0.05)
     finally:
         event.remove(store.engine, "before_cursor_execute", counter)
         writer.close()
